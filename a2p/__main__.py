@@ -1,0 +1,5 @@
+import sys
+
+from a2p.cli.main import main
+
+sys.exit(main())

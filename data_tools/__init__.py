@@ -1,0 +1,1 @@
+"""Tools that turn recorded conversations into WebDataset shards (`a2p data ...`)."""
