@@ -1,0 +1,80 @@
+"""Helpers of the trainer tests, and a script that trains the toy task in a child process.
+
+    python tests/trainer_utils.py RUN_DIR [--resume latest] [--set section.key=value ...]
+    torchrun --nproc_per_node 2 tests/trainer_utils.py RUN_DIR --set ...
+
+The script exits with the trainer's exit code (0 done, 75 preempted, 2 user error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TEST_DEFAULTS = (
+    "train.precision=fp32",
+    "train.log.progress_bar=false",
+    "train.optimizer.lr=0.01",
+    "train.ema.decay=0.9",
+    "train.batch_size=4",
+)
+"""Settings every toy test run starts from (exact arithmetic, quiet, fast learning)."""
+
+
+def toy_config(*overrides: str) -> Any:
+    """The toy task's run config with `TEST_DEFAULTS` and then `overrides` applied."""
+    from a2p.training import load_run_config
+
+    return load_run_config("toy", overrides=[*TEST_DEFAULTS, *overrides])
+
+
+def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
+    """Step -> value of one TensorBoard scalar tag of a run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {event.step: event.value for event in acc.Scalars(tag)}
+
+
+def scalar_tags(run_dir: str | Path) -> set[str]:
+    """All scalar tags a run wrote."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def load_pt(checkpoint: str | Path, name: str) -> Any:
+    """One file of a checkpoint directory."""
+    return torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the toy task in this process (one rank of a job, or the only one)."""
+    torch.set_num_threads(1)
+    from a2p import distributed
+    from a2p.cli.common import reports_errors, setup_logging
+    from a2p.training import train
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    setup_logging(rank=distributed.rank_info().rank)
+
+    @reports_errors
+    def run() -> int:
+        return train("toy", toy_config(*args.overrides), args.run_dir, resume=args.resume).exit_code
+
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
