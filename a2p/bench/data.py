@@ -1,0 +1,350 @@
+"""`a2p bench data`: training-loader throughput per worker and resident memory against dataset size.
+
+With `--data SHARDS/PERSON` it measures that folder's training split. Without it, it writes
+synthetic shards of two sizes (`--windows` windows and `--scale` times as many: 40 s windows of
+noise-like 16-bit FLAC audio, random poses and face codes, as `a2p data build` lays them out) into
+a temporary folder and measures both, to show that memory does not grow with the data.
+
+For each dataset and worker count it iterates `--batches` batches of `--batch-size` training crops
+(600 frames + 16 s of stereo audio each) and reports: time to the first batch (worker start-up and
+shuffle-buffer fill), samples/s after it, samples/s per worker, and the peak resident memory of the
+main process plus its DataLoader workers, sampled every 250 ms from /proc: summed RSS (counts pages
+shared between the forked processes once per process) and summed PSS (shares them out; sums to the
+true footprint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from a2p.constants import FACE_DIM, FPS, POSE_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME
+from a2p.data.format import (
+    AUDIO_KEY,
+    BODY_KEY,
+    DEFAULT_WINDOW_FRAMES,
+    FACE_KEY,
+    FACE_VALID_KEY,
+    META_KEY,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    frames_to_hours,
+    load_manifest,
+    sample_key,
+    save_manifest,
+    shard_name,
+)
+from a2p.data.pipeline import DEFAULT_SHUFFLE_BUFFER, build_train_loader
+
+
+@dataclass
+class Result:
+    """One measured configuration."""
+
+    data: str
+    windows: int
+    shards: int
+    gigabytes: float
+    workers: int
+    batch_size: int
+    batches: int
+    first_batch_s: float
+    samples_per_s: float
+    peak_rss_mb: float
+    peak_pss_mb: float
+
+    @property
+    def per_worker(self) -> float:
+        return self.samples_per_s / max(1, self.workers)
+
+
+class MemorySampler:
+    """Peak summed RSS and PSS (MB) of this process and its children, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.peak_rss = 0.0
+        self.peak_pss = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        rss = pss = 0.0
+        for pid in [os.getpid(), *_children(os.getpid())]:
+            rss += _proc_kb(f"/proc/{pid}/status", "VmRSS:")
+            pss += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+        self.peak_rss = max(self.peak_rss, rss / 1024)
+        self.peak_pss = max(self.peak_pss, pss / 1024)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _proc_kb(path: str, field: str) -> float:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def _npy(array: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    np.save(stream, array, allow_pickle=False)
+    return stream.getvalue()
+
+
+def write_synthetic_shards(root: Path, windows: int, per_shard: int, seed: int = 0) -> Manifest:
+    """`windows` 40 s windows (one scene each) of synthetic data in shards of `per_shard`, plus a manifest."""
+    import soundfile as sf
+    import webdataset as wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    frames = DEFAULT_WINDOW_FRAMES
+    info = SplitInfo(samples=windows, frames=windows * frames, hours=frames_to_hours(windows * frames))
+    rng = np.random.default_rng(seed)
+    # Noise shaped like speech loudness (syllable-rate envelope): compresses about as FLAC does real audio.
+    envelope = np.abs(np.sin(np.linspace(0, 4.0 * np.pi * frames / FPS, frames * SAMPLES_PER_FRAME)))[:, None]
+    for first in range(0, windows, per_shard):
+        path = root / shard_name("train", first // per_shard)
+        with wds.TarWriter(str(path)) as writer:
+            for index in range(first, min(windows, first + per_shard)):
+                scene = f"scene{index:04d}"
+                noise = rng.normal(scale=2000.0, size=(frames * SAMPLES_PER_FRAME, 2)) * envelope
+                audio = io.BytesIO()
+                sf.write(audio, noise.astype(np.int16), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+                valid = rng.random(frames) > 0.05
+                meta = {
+                    "person": "BENCH",
+                    "scene": scene,
+                    "start": 0,
+                    "frames": frames,
+                    "scene_frames": frames,
+                }
+                writer.write(
+                    {
+                        "__key__": sample_key(scene, 0),
+                        AUDIO_KEY: audio.getvalue(),
+                        BODY_KEY: _npy(rng.normal(size=(frames, POSE_DIM)).astype(np.float32)),
+                        FACE_KEY: _npy(
+                            rng.normal(size=(frames, FACE_DIM)).astype(np.float32) * valid[:, None]
+                        ),
+                        FACE_VALID_KEY: _npy(valid),
+                        META_KEY: json.dumps({**meta, "split": "train"}).encode(),
+                    }
+                )
+        data = path.read_bytes()
+        count = min(windows, first + per_shard) - first
+        info.shards.append(
+            ShardInfo(path.name, count, count * frames, len(data), hashlib.sha256(data).hexdigest())
+        )
+    stats = {
+        "body_mean": [0.0] * POSE_DIM,
+        "body_std": [1.0] * POSE_DIM,
+        "face_mean": [0.0] * FACE_DIM,
+        "face_std": [1.0] * FACE_DIM,
+    }
+    manifest = Manifest(person="BENCH", splits={"train": info}, stats=stats, tool_version="bench")
+    save_manifest(manifest, root)
+    return manifest
+
+
+def measure(
+    shard_dir: Path, label: str, workers: int, batch_size: int, batches: int, audio: bool, shuffle_buffer: int
+) -> Result:
+    """Iterate `batches` batches of the training loader (over epochs as needed) and time them."""
+    manifest = load_manifest(shard_dir)
+    split = manifest.split("train")
+    # One epoch of exactly `batches` batches: steady state, without a worker restart per epoch.
+    loader = build_train_loader(
+        shard_dir,
+        batch_size,
+        seed=0,
+        rank=0,
+        world_size=1,
+        num_workers=workers,
+        audio=audio,
+        batches_per_epoch=batches,
+        shuffle_buffer=shuffle_buffer,
+    )
+    done = 0
+    first = 0.0
+    begin = time.perf_counter()
+    with MemorySampler() as memory:
+        for _ in loader:
+            done += 1
+            if done == 1:
+                first = time.perf_counter() - begin
+                begin = time.perf_counter()
+        elapsed = time.perf_counter() - begin
+    rate = (batches - 1) * batch_size / elapsed if batches > 1 and elapsed > 0 else float("nan")
+    size = sum(s.bytes or (shard_dir / s.name).stat().st_size for s in split.shards)
+    return Result(
+        data=label,
+        windows=split.samples,
+        shards=len(split.shards),
+        gigabytes=size / 1e9,
+        workers=workers,
+        batch_size=batch_size,
+        batches=batches,
+        first_batch_s=first,
+        samples_per_s=rate,
+        peak_rss_mb=memory.peak_rss,
+        peak_pss_mb=memory.peak_pss,
+    )
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Aligned text, the first column left-aligned and the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def render(results: list[Result], audio: bool, shuffle_buffer: int) -> str:
+    header = ["data", "windows", "shards", "GB", "workers", "batch", "first s", "samples/s", "per worker",
+              "RSS MB", "PSS MB", "PSS vs first"]  # fmt: skip
+    rows = []
+    for r in results:
+        base = next(b for b in results if b.workers == r.workers)
+        rows.append(
+            [
+                r.data,
+                str(r.windows),
+                str(r.shards),
+                f"{r.gigabytes:.2f}",
+                str(r.workers),
+                str(r.batch_size),
+                f"{r.first_batch_s:.2f}",
+                f"{r.samples_per_s:.1f}",
+                f"{r.per_worker:.1f}",
+                f"{r.peak_rss_mb:.0f}",
+                f"{r.peak_pss_mb:.0f}",
+                f"{r.peak_pss_mb / base.peak_pss_mb:.2f}x" if base.peak_pss_mb else "-",
+            ]
+        )
+    crop = "600-frame crops" + (" with 16 s stereo audio" if audio else " without audio")
+    lines = [
+        f"a2p bench data: training loader, {crop}, shuffle buffer {shuffle_buffer}, "
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs",
+        "",
+        *table(header, rows),
+        "",
+        "one epoch of the given batches per row (streams wrap around their shards as needed);",
+        "samples/s excludes the first batch; RSS and PSS are peaks of main + worker processes;",
+        "PSS vs first: against the first dataset with the same workers (flat = memory independent of data size).",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="a2p bench data", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data", type=Path, help="a person's shard folder (default: synthetic shards, 2 sizes)"
+    )
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[2], help="DataLoader worker counts to measure"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batches", type=int, default=30, help="batches per measurement (the first is timed apart)"
+    )
+    parser.add_argument(
+        "--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER, help="samples per stream"
+    )
+    parser.add_argument("--windows", type=int, default=40, help="synthetic: windows of the small dataset")
+    parser.add_argument(
+        "--scale", type=int, default=4, help="synthetic: the large dataset is this many times bigger"
+    )
+    parser.add_argument("--per-shard", type=int, default=2, help="synthetic: windows per shard")
+    parser.add_argument("--no-audio", action="store_true", help="skip decoding the waveform")
+    parser.add_argument("--keep", type=Path, help="synthetic: write the shards here and keep them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(1)
+    audio = not args.no_audio
+    results: list[Result] = []
+    if args.data is not None:
+        for workers in args.workers:
+            results.append(
+                measure(
+                    args.data,
+                    str(args.data),
+                    workers,
+                    args.batch_size,
+                    args.batches,
+                    audio,
+                    args.shuffle_buffer,
+                )
+            )
+    else:
+        top = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="a2p-bench-data-"))
+        try:
+            sizes = [("1x", args.windows), (f"{args.scale}x", args.windows * args.scale)]
+            for label, windows in sizes:
+                root = top / f"synthetic-{label}"
+                if not (root / "manifest.json").is_file():
+                    write_synthetic_shards(root, windows, args.per_shard)
+            for workers in args.workers:
+                for label, _ in sizes:
+                    root = top / f"synthetic-{label}"
+                    results.append(
+                        measure(
+                            root,
+                            f"synthetic {label}",
+                            workers,
+                            args.batch_size,
+                            args.batches,
+                            audio,
+                            args.shuffle_buffer,
+                        )
+                    )
+        finally:
+            if not args.keep:
+                shutil.rmtree(top, ignore_errors=True)
+    print(render(results, audio, args.shuffle_buffer))
+    return 0
