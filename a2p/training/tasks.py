@@ -30,6 +30,8 @@ from a2p.errors import ConfigError
 
 TASK_MODULES: dict[str, str] = {
     "toy": "a2p.training.toy",
+    "face": "a2p.training.diffusion_tasks",
+    "body": "a2p.training.diffusion_tasks",
 }
 """Module that registers each task, imported the first time the task is named."""
 

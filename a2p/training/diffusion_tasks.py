@@ -1,0 +1,185 @@
+"""The `face` and `body` tasks: diffusion denoisers trained on shard crops.
+
+One training step (DESIGN.md; the reference's `train_diffusion`): draw t uniformly from the 1000
+training steps, noise the clean motion x0 with q_sample, keep each row's conditioning with
+probability 1 - `cond_drop_prob` (classifier-free guidance is trained by dropping audio and guide
+poses together), predict x0 and take the MSE on valid frames (padding, and for the face the
+missing frames, masked) plus `lambda_vel` times the velocity MSE. No variational-bound pass.
+
+Audio features come from the shards when they carry them (computed once by `a2p data build
+--features`); otherwise the task's frozen featurizer runs on the crop's audio under no_grad. It
+is not part of the model or its checkpoint: it is deterministic, or loaded from the file named
+in the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from a2p.config.audio import FEATURE_DIMS
+from a2p.config.denoiser import DenoiserConfig, denoiser_preset
+from a2p.data.format import load_manifest
+from a2p.diffusion import (
+    NUM_TRAIN_STEPS,
+    cosine_schedule,
+    diffusion_loss,
+    loss_by_quartile,
+    q_sample,
+    sample_timesteps,
+)
+from a2p.errors import ConfigError
+from a2p.models.audio import build_featurizer
+from a2p.models.denoiser import ConditionInputs, build_denoiser
+from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
+
+
+@dataclass
+class DiffusionTaskConfig:
+    """A face or body diffusion model and how it is trained."""
+
+    model: DenoiserConfig = field(default_factory=DenoiserConfig)
+    """The denoiser network."""
+    featurizer: str = "mel"
+    """Frozen audio featurizer (`a2p.models.audio`), used when the shards carry no features."""
+    featurizer_weights: str | None = None
+    """Local weights file of the featurizer (wav2vec2)."""
+    cond_drop_prob: float = 0.2
+    """Probability of dropping a row's audio (and guide poses) to train classifier-free guidance."""
+    lambda_vel: float = 0.0
+    """Weight of the velocity term of the loss (2 for the body, as the reference)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    shuffle_buffer: int = 16
+    """Samples in each stream's shuffle buffer."""
+
+
+class DiffusionTask(Task):
+    """Shared by `face` and `body`: which motion stream is denoised and which mask applies."""
+
+    config_class = DiffusionTaskConfig
+    find_unused_parameters = False
+    motion_key: str = ""
+    mask_key: str = ""
+    uses_guide: bool = False
+
+    def __init__(self, config: DiffusionTaskConfig) -> None:
+        super().__init__(config)
+        if not 0.0 <= config.cond_drop_prob < 1.0:
+            raise ConfigError(f"task.cond_drop_prob must lie in [0, 1), got {config.cond_drop_prob}")
+        if (config.model.guide_dim > 0) != self.uses_guide:
+            raise ConfigError(
+                f"task.model.guide_dim={config.model.guide_dim} does not fit the {self.name} task "
+                f"({'needs' if self.uses_guide else 'takes no'} guide poses)"
+            )
+        self._schedule = None
+        self._featurizer: nn.Module | None = None
+        self._shards_have_features: bool | None = None
+
+    def build_model(self) -> nn.Module:
+        return build_denoiser(self.config.model)
+
+    def features(self, batch: dict[str, Any], device: torch.device) -> Tensor:
+        """The batch's 100 Hz audio features: from the shards, else from the frozen featurizer."""
+        if "features" in batch:
+            return batch["features"]
+        if self._featurizer is None:
+            # Frozen and deterministic (or loaded from the user's file): not part of the checkpoint.
+            self._featurizer = build_featurizer(self.config.featurizer, self.config.featurizer_weights)
+        self._featurizer.to(device)
+        with torch.no_grad():
+            return self._featurizer(batch["audio"])
+
+    def check_shards(self, shard_dir: str) -> None:
+        """Refuse shards whose features (or featurizer) do not fit the model, before any compute."""
+        manifest = load_manifest(shard_dir)
+        width = self.config.model.audio_dim
+        if manifest.features:
+            self._shards_have_features = True
+            stored = int(manifest.features.get("dim", -1))
+            if stored != width:
+                raise ConfigError(
+                    f"{shard_dir}: shards carry {manifest.features.get('name')} features of width "
+                    f"{stored}, but task.model.audio_dim is {width}"
+                )
+        else:
+            self._shards_have_features = False
+            expected = FEATURE_DIMS.get(self.config.featurizer)
+            if expected != width:
+                raise ConfigError(
+                    f"task.featurizer {self.config.featurizer!r} makes features of width {expected}, "
+                    f"but task.model.audio_dim is {width}"
+                )
+
+    def build_data(self, ctx: TaskContext) -> ResumableIterable:
+        from a2p.data import build_train_loader
+
+        if not ctx.data:
+            raise ConfigError(f"the {self.name} task needs --data SHARDS/PERSON")
+        self.check_shards(ctx.data)
+        return build_train_loader(
+            ctx.data,
+            ctx.batch_size,
+            seed=ctx.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            num_workers=self.config.num_workers,
+            shuffle_buffer=self.config.shuffle_buffer,
+            audio=not self._shards_have_features,
+            features=True,
+        )
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        x0 = batch[self.motion_key].float()  # (B, T, D)
+        valid = batch[self.mask_key]  # (B, T)
+        batch_size, device = x0.shape[0], x0.device
+        if self._schedule is None or self._schedule.alphas_cumprod.device != device:
+            self._schedule = cosine_schedule(NUM_TRAIN_STEPS, device=device)
+        t = sample_timesteps(batch_size, NUM_TRAIN_STEPS, device)
+        keep = torch.rand(batch_size, device=device) >= self.config.cond_drop_prob
+        x_t = q_sample(self._schedule, x0, t, torch.randn_like(x0))
+        guide = batch["keyframes"] if self.uses_guide else None
+        features = self.features(batch, device)  # (B, F, C)
+        x0_pred = model(x_t, t, ConditionInputs(features.to(x_t.dtype), guide, keep))
+        terms = diffusion_loss(x0_pred.float(), x0, valid, lambda_vel=self.config.lambda_vel)
+        sums, counts = loss_by_quartile(terms.loss.detach(), t, NUM_TRAIN_STEPS)
+        quartiles = sums / counts.clamp(min=1)
+        out = {
+            "loss": terms.loss.mean(),
+            "mse": terms.mse.detach().mean(),
+            "vel": terms.vel.detach().mean(),
+            "sample_loss": terms.loss.detach(),
+        }
+        out.update({f"loss_q{i + 1}": quartiles[i] for i in range(4)})
+        return out
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {"frames": float(batch["length"].sum())}
+
+
+def _presets(model: str, **task_fields: Any) -> dict[str, DiffusionTaskConfig]:
+    return {
+        size: DiffusionTaskConfig(model=denoiser_preset(model, size), **task_fields)
+        for size in ("paper", "debug")
+    }
+
+
+@register_task("face")
+class FaceTask(DiffusionTask):
+    """Face-code diffusion: denoises (T, 256) codes; missing face frames are masked out of the loss."""
+
+    motion_key, mask_key, uses_guide = "face", "face_mask", False
+    presets = _presets("face")
+    default_preset = "paper"
+
+
+@register_task("body")
+class BodyTask(DiffusionTask):
+    """Body-pose diffusion with 1 fps guide poses and the velocity loss (lambda_vel = 2)."""
+
+    motion_key, mask_key, uses_guide = "body", "mask", True
+    presets = _presets("body", lambda_vel=2.0)
+    default_preset = "paper"
