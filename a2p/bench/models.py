@@ -1,200 +1,399 @@
-"""`a2p bench models`: size, FLOPs and denoising-step cost of the models.
+"""`a2p bench models`: parameters, forward FLOPs and CPU/GPU cost of the four models.
 
-For each diffusion model (face, body) it times one denoising step of an 8 s clip with CFG and
-several repetitions on two paths:
+Per model, for one clip of `--frames` frames (240 = 8 s):
 
-- a2p: the clip's audio is featurized and its condition encoded once, before the step loop;
-  every step is one forward over reps x (conditional + unconditional) rows in one batch;
-- reference-style: every step featurizes the audio, re-encodes the condition and runs the
-  conditional and unconditional passes separately, one repetition after another.
-
-The VQ-VAE and the guide transformer are reported by parameters and FLOPs when present.
+- face and body denoisers: FLOPs of encoding a clip's condition (audio features, and guide
+  poses for the body) and of one denoising forward of (1, T, D); then ms per denoising step of
+  `--reps` repetitions with classifier-free guidance on two paths:
+  a2p: condition encoded once per clip, before the step loop; each step is ONE forward over
+  reps x (conditional + unconditional) rows;
+  reference-style (facebookresearch/audio2photoreal, sample/generate.py): repetitions in turn;
+  each step featurizes the audio and re-encodes the condition inside two separate forwards, one
+  conditional and one unconditional: reps x 2 passes of batch 1;
+- VQ-VAE: FLOPs of encoding and decoding the clip's keyframes (one every 30 frames);
+- guide transformer: FLOPs of generating the clip's tokens with the key/value cache and with
+  full recomputation of the prefix for every token (as the reference's `generate`), and ms per
+  generated token for both.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from a2p.bench.flops import count_flops, flops_and_result, format_count
 from a2p.config.denoiser import denoiser_preset
-from a2p.constants import AUDIO_CHANNELS, FPS, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
+from a2p.constants import AUDIO_CHANNELS, FPS, KEYFRAME_INTERVAL, POSE_DIM, SAMPLES_PER_FRAME
+from a2p.diffusion.guidance import cfg_combine
 from a2p.models.audio import build_featurizer
-from a2p.models.denoiser import Denoiser, build_denoiser
+from a2p.models.denoiser import build_denoiser
 
-DIFFUSION_MODELS = ("face", "body")
-OTHER_MODELS = ("vq", "guide")
+MODELS = ("face", "body", "vq", "guide")
 
+GUIDANCE_SCALE = {"face": 10.0, "body": 2.0}
+"""The paper's CFG scales; they change no cost, only what the combined output is."""
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """Floating-point operations of one call of `fn` (matmuls and convolutions, as PyTorch counts)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def time_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    """Mean wall time of `fn` in milliseconds over `repeats` calls, after one warm-up call."""
-    fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return (time.perf_counter() - start) * 1000.0 / repeats
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+DIFFUSION_T = 500
+"""The timestep every timed step denoises at (cost does not depend on it)."""
 
 
 @dataclass
-class Row:
+class FlopLine:
+    """One line of the size table: a counted computation of a model."""
+
+    flops: int
+    counted: str
+
+
+@dataclass
+class StepTiming:
+    """ms per denoising step of both paths, and the FLOPs each path spends per step."""
+
+    a2p_ms: float
+    reference_ms: float
+    once_ms: float
+    a2p_flops: int
+    reference_flops: int
+
+
+@dataclass
+class TokenTiming:
+    """ms per generated guide token with the key/value cache and with full recomputation."""
+
+    tokens: int
+    batch: int
+    cached_ms: float
+    full_ms: float
+
+
+@dataclass
+class Report:
+    """What one model contributes to the tables."""
+
     model: str
-    params: int
-    encode_flops: int | None = None
-    step_flops: int | None = None
-    a2p_ms: float | None = None
-    reference_ms: float | None = None
+    params: int | None = None
+    flops: list[FlopLine] = field(default_factory=list)
+    step: StepTiming | None = None
+    tokens: TokenTiming | None = None
     note: str = ""
 
 
-def bench_denoiser(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Row:
-    config = denoiser_preset(name, args.preset)
-    model: Denoiser = build_denoiser(config).to(device).eval()
-    params = parameter_count(model)
-    model.requires_grad_(False)  # the FLOP counter's module hooks need tensors without autograd history
-    featurizer = build_featurizer("mel").to(device)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    audio = (torch.rand(1, args.frames * SAMPLES_PER_FRAME, AUDIO_CHANNELS, generator=gen) * 2 - 1).to(device)
-    guide = None
-    if model.has_guide:
-        guide = torch.randn(1, args.frames // KEYFRAME_INTERVAL, config.guide_dim, generator=gen).to(device)
-    reps = args.reps
-    x_t = torch.randn(reps, args.frames, config.motion_dim, generator=gen).to(device)
-    t = torch.full((reps,), 500, dtype=torch.long, device=device)
-    scale = 2.0
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
-    def encode_once():
-        features = featurizer(audio)
-        condition = model.encode_condition(features, guide)
-        condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
-        return model.expand_for_cfg(condition)
 
-    with torch.no_grad(), autocast:
+def time_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> tuple[float, int]:
+    """Median wall time (ms) of `repeats` calls of `fn`, and the FLOPs of the warm-up call."""
+    flops, _ = flops_and_result(fn)  # the warm-up call, counted
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0, flops
+
+
+@dataclass
+class Setup:
+    """What every bench function shares."""
+
+    frames: int
+    reps: int
+    steps: int
+    preset: str
+    device: torch.device
+    dtype: torch.dtype
+    generator: torch.Generator
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def audio(self, batch: int = 1) -> torch.Tensor:
+        """Stereo 48 kHz audio (batch, frames * 1600, 2) in [-1, 1]."""
+        samples = self.frames * SAMPLES_PER_FRAME
+        return (torch.rand(batch, samples, AUDIO_CHANNELS, generator=self.generator) * 2 - 1).to(self.device)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+def bench_denoiser(name: str, setup: Setup) -> Report:
+    config = denoiser_preset(name, setup.preset)
+    model = build_denoiser(config).to(setup.device).eval().requires_grad_(False)
+    featurizer = build_featurizer("mel").to(setup.device)
+    reps, scale = setup.reps, GUIDANCE_SCALE[name]
+    audio = setup.audio()
+    guide = setup.randn(1, setup.frames // KEYFRAME_INTERVAL, config.guide_dim) if model.has_guide else None
+    x_t = setup.randn(reps, setup.frames, config.motion_dim)  # (R, T, D)
+    t = torch.full((reps,), DIFFUSION_T, dtype=torch.long, device=setup.device)
+    keep = torch.ones(1, dtype=torch.bool, device=setup.device)
+
+    with torch.inference_mode(), setup.autocast():
+        featurize_flops, features = flops_and_result(lambda: featurizer(audio))  # (1, T_audio, D_audio)
+        encode_flops, condition = flops_and_result(lambda: model.encode_condition(features, guide))
+        step_flops = count_flops(lambda: model(x_t[:1], t[:1], condition))
+        guide_text = f" + guide {tuple(guide.shape)}" if guide is not None else ""
+        flops = [
+            FlopLine(
+                featurize_flops, f"featurize audio {tuple(audio.shape)} (mel projection; FFT not counted)"
+            ),
+            FlopLine(encode_flops, f"encode condition: audio features {tuple(features.shape)}{guide_text}"),
+            FlopLine(step_flops, f"one denoising forward of x_t {tuple(x_t[:1].shape)}"),
+        ]
+
+        def encode_once():
+            condition = model.encode_condition(featurizer(audio), guide)
+            condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
+            return model.expand_for_cfg(condition)  # (2R, ...): conditional rows, then null rows
+
+        once_ms, _ = time_ms(encode_once, setup.steps, setup.sync)
         cfg_condition = encode_once()
-        x_cfg = torch.cat([x_t, x_t])
-        t_cfg = torch.cat([t, t])
+        x_cfg, t_cfg = torch.cat([x_t, x_t]), torch.cat([t, t])
 
         def a2p_step():
-            out = model(x_cfg, t_cfg, cfg_condition)
-            cond, uncond = out.chunk(2)
-            return uncond + scale * (cond - uncond)
-
-        keep, drop = (
-            torch.ones(1, dtype=torch.bool, device=device),
-            torch.zeros(1, dtype=torch.bool, device=device),
-        )
+            cond, uncond = model(x_cfg, t_cfg, cfg_condition).chunk(2)
+            return cfg_combine(cond, uncond, scale)
 
         def reference_step():
             outs = []
             for rep in range(reps):
-                features = featurizer(audio)
-                cond = model(x_t[rep : rep + 1], t[:1], model.encode_condition(features, guide, keep))
-                features = featurizer(audio)
-                uncond = model(x_t[rep : rep + 1], t[:1], model.encode_condition(features, guide, drop))
-                outs.append(uncond + scale * (cond - uncond))
+                x, step = x_t[rep : rep + 1], t[rep : rep + 1]
+                cond = model(x, step, model.encode_condition(featurizer(audio), guide, keep))
+                uncond = model(x, step, model.encode_condition(featurizer(audio), guide, ~keep))
+                outs.append(cfg_combine(cond, uncond, scale))
             return torch.cat(outs)
 
-        encode_flops = count_flops(encode_once)
-        step_flops = count_flops(a2p_step)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        a2p_ms = time_ms(a2p_step, args.steps, sync)
-        reference_ms = time_ms(reference_step, args.steps, sync)
-    return Row(name, params, encode_flops, step_flops, a2p_ms, reference_ms)
+        a2p_ms, a2p_flops = time_ms(a2p_step, setup.steps, setup.sync)
+        reference_ms, reference_flops = time_ms(reference_step, setup.steps, setup.sync)
+    step = StepTiming(a2p_ms, reference_ms, once_ms, a2p_flops, reference_flops)
+    return Report(name, parameter_count(model), flops, step=step)
 
 
-def bench_other(name: str, args: argparse.Namespace, device: torch.device) -> Row:
-    """Parameters (and FLOPs where the model module offers a clip-sized example) of the VQ or guide."""
-    module = f"a2p.models.{name}"
-    if importlib.util.find_spec(module) is None:
-        return Row(name, 0, note="model not built yet")
-    models = importlib.import_module(module)
-    configs = importlib.import_module(f"a2p.config.{name}")
-    config = getattr(configs, f"{name}_preset")(args.preset)
-    model = getattr(models, f"build_{name}")(config).to(device).eval()
-    return Row(name, parameter_count(model), note="timed by `a2p bench sample`")
+# The VQ-VAE and guide transformer APIs, in one place each: `_load` finds the module pair and
+# the three functions below are the only code that calls into them.
 
 
-def human(n: float | None, unit: str = "") -> str:
-    if n is None:
-        return "-"
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"
+def _load(name: str) -> tuple[object, object] | None:
+    """(config module, model module) of `a2p.config.NAME` / `a2p.models.NAME`, or None if absent."""
+    if any(importlib.util.find_spec(f"a2p.{kind}.{name}") is None for kind in ("config", "models")):
+        return None
+    return importlib.import_module(f"a2p.config.{name}"), importlib.import_module(f"a2p.models.{name}")
+
+
+def _build_vq(setup: Setup) -> torch.nn.Module | None:
+    modules = _load("vq")
+    if modules is None:
+        return None
+    configs, models = modules
+    return models.build_vq(configs.vq_preset(setup.preset)).to(setup.device).eval().requires_grad_(False)
+
+
+def bench_vq(setup: Setup) -> Report:
+    model = _build_vq(setup)
+    if model is None:
+        return Report("vq", note="a2p.models.vq not present yet: skipped")
+    keyframes = setup.randn(1, setup.frames // KEYFRAME_INTERVAL, POSE_DIM)  # (1, K, 104)
+    with torch.inference_mode(), setup.autocast():
+        flops = count_flops(lambda: model.decode(model.encode(keyframes)))
+    line = FlopLine(flops, f"encode + decode of keyframes {tuple(keyframes.shape)}")
+    return Report("vq", parameter_count(model), [line])
+
+
+def bench_guide(setup: Setup) -> Report:
+    modules, vq = _load("guide"), _build_vq(setup)
+    if modules is None or vq is None:
+        return Report("guide", note="a2p.models.guide or a2p.models.vq not present yet: skipped")
+    configs, models = modules
+    config = configs.guide_preset(setup.preset)
+    model = models.build_guide(config).to(setup.device).eval().requires_grad_(False)
+    featurizer = build_featurizer("mel").to(setup.device)
+    keyframes = setup.frames // KEYFRAME_INTERVAL
+
+    with torch.inference_mode(), setup.autocast():
+        one = featurizer(setup.audio())  # (1, T_audio, D_audio)
+        batch = one.expand(setup.reps, *one.shape[1:])  # (R, T_audio, D_audio): repetitions together
+        tokens = vq.encode(setup.randn(1, keyframes, POSE_DIM)).numel()
+
+        def generate(features: torch.Tensor, use_cache: bool) -> Callable[[], object]:
+            generator = torch.Generator(device=setup.device).manual_seed(0)
+            return lambda: model.generate(features, keyframes, use_cache=use_cache, generator=generator)
+
+        cached_flops = count_flops(generate(one, True))
+        full_flops = count_flops(generate(one, False))
+        cached_ms, _ = time_ms(generate(batch, True), setup.steps, setup.sync)
+        full_ms, _ = time_ms(generate(batch, False), setup.steps, setup.sync)
+    flops = [
+        FlopLine(cached_flops, f"generate {tokens} tokens ({keyframes} keyframes), key/value cache"),
+        FlopLine(full_flops, f"generate {tokens} tokens, full recomputation per token"),
+    ]
+    timing = TokenTiming(tokens, setup.reps, cached_ms / tokens, full_ms / tokens)
+    return Report("guide", parameter_count(model), flops, tokens=timing)
+
+
+def table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """Plain aligned text: columns in `right` right-aligned, the last one never padded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def render(reports: list[Report], setup: Setup, threads: int) -> str:
+    clip = f"{setup.frames} frames ({setup.frames / FPS:.1f} s)"
+    cpu = platform.processor() or platform.machine()
+    out = [
+        f"a2p bench models: preset={setup.preset}, clip={clip}, reps={setup.reps}, "
+        f"device={setup.device}, dtype={str(setup.dtype).removeprefix('torch.')}",
+        f"machine: {platform.system()} {cpu} ({_cpu_name()}), torch threads={threads}, "
+        f"torch {torch.__version__}, python {platform.python_version()}",
+        "",
+        f"Size and forward FLOPs per clip of {clip}, batch 1 (matmul, conv and attention, 2 per multiply-add):",
+    ]
+    rows = []
+    for r in reports:
+        if not r.flops:
+            rows.append([r.model, format_count(r.params), "-", r.note])
+        for i, line in enumerate(r.flops):
+            rows.append(
+                [
+                    r.model if i == 0 else "",
+                    format_count(r.params) if i == 0 else "",
+                    format_count(line.flops),
+                    line.counted,
+                ]
+            )
+    out += table(["model", "params", "FLOPs", "counted"], rows, right={1, 2})
+
+    steps = [r for r in reports if r.step is not None]
+    if steps:
+        out += [
+            "",
+            f"ms per denoising step, median of {setup.steps} after 1 warm-up; {setup.reps} repetitions with CFG:",
+            "  a2p:       audio featurized and condition encoded once per clip, with the null rows"
+            " (column 'once', ms per clip);",
+            f"             then each step is ONE forward of {setup.reps} reps x 2 = {2 * setup.reps} rows"
+            " (conditional rows, then unconditional)",
+            f"  reference: reps in turn; each step runs {setup.reps} x 2 forwards of 1 row (conditional,"
+            " unconditional),",
+            "             each featurizing the audio and re-encoding the condition first",
+        ]
+        rows = [
+            [
+                r.model,
+                format_ms(r.step.once_ms),
+                format_ms(r.step.a2p_ms),
+                format_ms(r.step.reference_ms),
+                f"{r.step.reference_ms / r.step.a2p_ms:.2f}x",
+                format_count(r.step.a2p_flops),
+                format_count(r.step.reference_flops),
+            ]
+            for r in steps
+        ]
+        header = [
+            "model",
+            "once ms",
+            "a2p ms/step",
+            "ref ms/step",
+            "ratio",
+            "a2p FLOPs/step",
+            "ref FLOPs/step",
+        ]
+        out += table(header, rows, right=set(range(1, 7)))
+
+    tokens = [r for r in reports if r.tokens is not None]
+    if tokens:
+        out += ["", f"Guide generation, ms per token, median of {setup.steps} generations after 1 warm-up:"]
+        rows = [
+            [
+                r.model,
+                str(r.tokens.tokens),
+                str(r.tokens.batch),
+                f"{r.tokens.cached_ms:.2f}",
+                f"{r.tokens.full_ms:.2f}",
+                f"{r.tokens.full_ms / r.tokens.cached_ms:.2f}x",
+            ]
+            for r in tokens
+        ]
+        header = ["model", "tokens", "batch", "KV cache ms/token", "full ms/token", "ratio"]
+        out += table(header, rows, right=set(range(1, 6)))
+    out += ["", "ratio = reference (or full recomputation) ms / a2p (or KV cache) ms."]
+    return "\n".join(out)
+
+
+def format_ms(ms: float) -> str:
+    """Milliseconds to 0.1, or to 0.01 below 10 ms."""
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2p bench models", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[*DIFFUSION_MODELS, *OTHER_MODELS])
-    parser.add_argument("--preset", default="paper", choices=["paper", "debug"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to measure")
+    parser.add_argument("--preset", default="paper", choices=["paper", "debug"], help="model sizes")
     parser.add_argument("--frames", type=int, default=8 * FPS, help="clip length in frames (240 = 8 s)")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions sampled together")
-    parser.add_argument("--steps", type=int, default=3, help="timed denoising steps per path")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions sampled together (the reference: 3)")
+    parser.add_argument("--steps", type=int, default=5, help="timed calls per path, after one warm-up")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="autocast dtype")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    unknown = sorted(set(args.models) - {*DIFFUSION_MODELS, *OTHER_MODELS})
-    if unknown:
-        print(f"error: unknown model(s) {unknown}", file=sys.stderr)
+    if args.frames < KEYFRAME_INTERVAL or args.frames % KEYFRAME_INTERVAL:
+        print(f"error: --frames must be a positive multiple of {KEYFRAME_INTERVAL}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(
-        f"a2p bench models: preset={args.preset} clip={args.frames} frames ({args.frames / FPS:.1f} s) "
-        f"reps={args.reps} CFG  device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
-        f"torch={torch.__version__} cpu={platform.processor() or platform.machine()}"
+    torch.manual_seed(args.seed)
+    setup = Setup(
+        frames=args.frames,
+        reps=args.reps,
+        steps=args.steps,
+        preset=args.preset,
+        device=torch.device(args.device),
+        dtype=getattr(torch, args.dtype),
+        generator=torch.Generator().manual_seed(args.seed),
     )
-    print(
-        "  a2p step:       condition encoded once per clip; reps x (cond + uncond) rows in one forward\n"
-        "  reference step: featurize + encode every step; cond and uncond passes separate; reps in turn\n"
-    )
-    rows = []
-    for name in args.models:
-        rows.append(
-            bench_denoiser(name, args, device, dtype)
-            if name in DIFFUSION_MODELS
-            else bench_other(name, args, device)
-        )
-    header = f"{'model':<6} {'params':>9} {'encode FLOPs':>13} {'step FLOPs':>11} {'a2p ms/step':>12} {'ref ms/step':>12} {'ratio':>7}"
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        ratio = f"{row.reference_ms / row.a2p_ms:.2f}x" if row.a2p_ms else "-"
-        a2p_ms = f"{row.a2p_ms:.2f}" if row.a2p_ms is not None else "-"
-        ref_ms = f"{row.reference_ms:.2f}" if row.reference_ms is not None else "-"
-        print(
-            f"{row.model:<6} {human(row.params):>9} {human(row.encode_flops):>13} {human(row.step_flops):>11} "
-            f"{a2p_ms:>12} {ref_ms:>12} {ratio:>7}  {row.note}".rstrip()
-        )
-    print("\nencode FLOPs: featurize + condition for the whole CFG batch, paid once per clip by a2p;")
-    print("step FLOPs: one a2p denoising step (all reps, cond + uncond). ratio = reference ms / a2p ms.")
+    reports = []
+    for name in dict.fromkeys(args.models):
+        if name in GUIDANCE_SCALE:
+            reports.append(bench_denoiser(name, setup))
+        else:
+            reports.append(bench_vq(setup) if name == "vq" else bench_guide(setup))
+    print(render(reports, setup, torch.get_num_threads()))
     return 0
 
 
