@@ -1,0 +1,125 @@
+"""Sampling one clip's motion from a trained denoiser, the fast way and the reference's way.
+
+The fast path (`sample_motion`) encodes the clip's condition once, then runs every denoising step
+as ONE forward over repetitions x (conditional + unconditional) rows. Each repetition draws its
+noise from its own generator, seeded from (clip seed, repetition), so a row's result does not
+depend on what it was batched with or on how many devices ran the job.
+
+`sample_motion_reference` is the reference's loop for comparison (benchmarks, equivalence tests):
+repetitions one after another, the condition re-encoded inside every step, conditional and
+unconditional passes separate.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from a2p.diffusion import NUM_TRAIN_STEPS, cosine_schedule, guided_model, respaced_schedule, sample
+from a2p.errors import ConfigError
+from a2p.models.denoiser import Denoiser
+
+SAMPLER_NAMES = {"ddim": "ddim", "dpmpp": "dpmpp_2m"}
+_SETTING = re.compile(r"^(ddim|dpmpp)(\d+)$")
+
+
+@dataclass(frozen=True)
+class SamplerSetting:
+    """A sampling setting such as `ddim500` (the reference's) or `dpmpp25`."""
+
+    sampler: str
+    """Name understood by `a2p.diffusion.sample` (ddim, dpmpp_2m)."""
+    steps: int
+    """Respaced denoising steps."""
+    spacing: str
+    """The respacing spec for `respaced_schedule`."""
+
+    @classmethod
+    def parse(cls, text: str) -> SamplerSetting:
+        match = _SETTING.match(text)
+        if not match:
+            raise ConfigError(
+                f"unknown sampler setting {text!r}: use ddimN (e.g. ddim500) or dpmppN (e.g. dpmpp25)"
+            )
+        family, steps = match.group(1), int(match.group(2))
+        if not 1 <= steps <= NUM_TRAIN_STEPS:
+            raise ConfigError(f"sampler setting {text!r}: steps must lie in [1, {NUM_TRAIN_STEPS}]")
+        # ddimN asks for the reference's stride spacing; other step counts use even spacing
+        spacing = f"ddim{steps}" if family == "ddim" and NUM_TRAIN_STEPS % steps == 0 else str(steps)
+        return cls(SAMPLER_NAMES[family], steps, spacing)
+
+
+def repetition_generators(seed: int, reps: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per repetition, seeded from (seed, repetition) alone."""
+    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + rep) for rep in range(reps)]
+
+
+@torch.no_grad()
+def sample_motion(
+    denoiser: Denoiser,
+    features: Tensor,
+    frames: int,
+    *,
+    guide: Tensor | None = None,
+    reps: int = 1,
+    setting: str = "ddim500",
+    guidance: float = 1.0,
+    seed: int = 0,
+    generators: list[torch.Generator] | None = None,
+) -> Tensor:
+    """(reps, frames, D) motion for one clip: features (1, F, C) at 100 Hz, guide (1, K, D_guide).
+
+    `generators` (one per repetition) overrides the ones derived from `seed`.
+    """
+    device = features.device
+    parsed = SamplerSetting.parse(setting)
+    schedule = respaced_schedule(cosine_schedule(NUM_TRAIN_STEPS, device=device), parsed.spacing).to(device)
+    condition = denoiser.encode_condition(features, guide)  # once per clip
+    condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
+    if guidance != 1.0:
+        condition = denoiser.expand_for_cfg(condition)  # (2 reps) rows: conditional first
+
+    def denoise(x_t: Tensor, t: Tensor, keep_mask: Tensor) -> Tensor:
+        # keep_mask is implied by the row order of the expanded condition
+        return denoiser(x_t, t, condition)
+
+    model = guided_model(denoise, guidance, batched=True)
+    generators = generators or repetition_generators(seed, reps, device)
+    shape = (reps, frames, denoiser.config.motion_dim)
+    return sample(model, schedule, shape, sampler=parsed.sampler, generator=generators, device=device)
+
+
+@torch.no_grad()
+def sample_motion_reference(
+    denoiser: Denoiser,
+    featurize,
+    audio: Tensor,
+    frames: int,
+    *,
+    guide: Tensor | None = None,
+    reps: int = 1,
+    setting: str = "ddim500",
+    guidance: float = 1.0,
+    seed: int = 0,
+) -> Tensor:
+    """The reference's loop: repetitions in turn, featurize + encode inside every step, two passes."""
+    device = audio.device
+    parsed = SamplerSetting.parse(setting)
+    schedule = respaced_schedule(cosine_schedule(NUM_TRAIN_STEPS, device=device), parsed.spacing).to(device)
+    outputs = []
+    for generator in repetition_generators(seed, reps, device):
+
+        def denoise(x_t: Tensor, t: Tensor, keep_mask: Tensor) -> Tensor:
+            features = featurize(audio)
+            keep = keep_mask[:1].expand(x_t.shape[0])
+            return denoiser(x_t, t, denoiser.encode_condition(features, guide, keep))
+
+        model = guided_model(denoise, guidance, batched=False)
+        shape = (1, frames, denoiser.config.motion_dim)
+        outputs.append(
+            sample(model, schedule, shape, sampler=parsed.sampler, generator=[generator], device=device)
+        )
+    return torch.cat(outputs)
