@@ -75,9 +75,6 @@ def test_preempted_job_saves_requeues_and_resumes(tmp_path):
         wait_for(
             lambda: log.exists() and "requeueing job" in log.read_text(), 120, "the job to requeue itself"
         )
-        wait_for(lambda: job_state(job) == "PENDING", 60, "the requeued job to be pending")
-        # SLURM holds a requeued job for about 2 minutes before it may start again; skip the wait
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
         wait_for(
             lambda: (run_dir / "checkpoints" / f"step_{steps:06d}").is_dir(), 240, "the resumed run to finish"
         )
