@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from a2p.data.format import MANIFEST_NAME, SHARD_PATTERN, shard_name
 from a2p.errors import DataError
+from a2p.fileio import file_sha256
 from data_tools.encode import EncodedSample
 from data_tools.stats import Moments
 
@@ -81,14 +82,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from a2p.errors import ConfigError
+from a2p.fileio import read_json
 
 T = TypeVar("T")
 
@@ -167,12 +168,7 @@ def load_config(
     data = to_dict(base) if base is not None and not isinstance(base, dict) else dict(base or {})
     if preset_file is not None:
         path = Path(preset_file)
-        try:
-            file_data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise ConfigError(f"{path}: preset file not found") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from err
+        file_data = read_json(path, "preset file", ConfigError)
         try:
             from_dict(cls, merge(data, file_data))
         except ConfigError as err:

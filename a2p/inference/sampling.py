@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from a2p.diffusion import NUM_TRAIN_STEPS, cosine_schedule, guided_model, respaced_schedule, sample
+from a2p.diffusion import (
+    NUM_TRAIN_STEPS,
+    NoiseSchedule,
+    cosine_schedule,
+    guided_model,
+    respaced_schedule,
+    sample,
+)
 from a2p.errors import ConfigError
 from a2p.models.denoiser import Denoiser
 
@@ -52,6 +59,13 @@ class SamplerSetting:
         return cls(SAMPLER_NAMES[family], steps, spacing)
 
 
+def setting_schedule(setting: str, device: torch.device) -> tuple[SamplerSetting, NoiseSchedule]:
+    """The parsed setting and its respaced schedule, on `device`."""
+    parsed = SamplerSetting.parse(setting)
+    base = cosine_schedule(NUM_TRAIN_STEPS, device=device)
+    return parsed, respaced_schedule(base, parsed.spacing).to(device)
+
+
 def repetition_generators(seed: int, reps: int, device: torch.device) -> list[torch.Generator]:
     """One generator per repetition, seeded from (seed, repetition) alone."""
     return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + rep) for rep in range(reps)]
@@ -75,8 +89,7 @@ def sample_motion(
     `generators` (one per repetition) overrides the ones derived from `seed`.
     """
     device = features.device
-    parsed = SamplerSetting.parse(setting)
-    schedule = respaced_schedule(cosine_schedule(NUM_TRAIN_STEPS, device=device), parsed.spacing).to(device)
+    parsed, schedule = setting_schedule(setting, device)
     condition = denoiser.encode_condition(features, guide)  # once per clip
     condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
     if guidance != 1.0:
@@ -107,8 +120,7 @@ def sample_motion_reference(
 ) -> Tensor:
     """The reference's loop: repetitions in turn, featurize + encode inside every step, two passes."""
     device = audio.device
-    parsed = SamplerSetting.parse(setting)
-    schedule = respaced_schedule(cosine_schedule(NUM_TRAIN_STEPS, device=device), parsed.spacing).to(device)
+    parsed, schedule = setting_schedule(setting, device)
     outputs = []
     for generator in repetition_generators(seed, reps, device):
 

@@ -17,7 +17,6 @@ reference's frozen vq-wav2vec encoder (fairseq) can join as one more entry with 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from torchaudio.models.wav2vec2.components import _get_feature_extractor
 from a2p.config.audio import FEATURE_DIMS, MEL_BINS, WAV2VEC2_CHANNEL_DIM
 from a2p.constants import AUDIO_CHANNELS, SAMPLE_RATE, SAMPLES_PER_FEATURE
 from a2p.errors import ConfigError
+from a2p.fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Wav2Vec2Featurizer(Featurizer):
             featurizer.extractor.load_state_dict(state)
         except RuntimeError as err:
             raise ConfigError(f"{path}: not a wav2vec2 conv feature extractor ({err})") from err
-        featurizer.weights_digest = _sha256(path)
+        featurizer.weights_digest = file_sha256(path)
         logger.info("loaded wav2vec2 feature extractor (%s) from %s", norm_mode, path)
         return featurizer
 
@@ -253,14 +253,6 @@ def _conv_layer_weights(state: dict[str, Tensor], path: Path) -> dict[str, Tenso
     if not out:
         raise ConfigError(f"{path}: no wav2vec2 feature-extractor weights (keys containing '{marker}')")
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 FeaturizerBuilder = Callable[[str | None], Featurizer]

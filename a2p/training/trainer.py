@@ -43,6 +43,7 @@ from a2p import distributed
 from a2p.config.core import to_dict
 from a2p.config.train import TrainConfig
 from a2p.errors import A2PError, ConfigError, DataError
+from a2p.fileio import read_json
 from a2p.training import checkpoint as ckpt
 from a2p.training.ema import EMA
 from a2p.training.logging import MetricsWriter, StepTimer, peak_memory_mb
@@ -181,12 +182,7 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
     schedule, so the JSON must not define them.
     """
     path = Path(config.deepspeed_config)
-    try:
-        ds = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise ConfigError(f"train.deepspeed_config: {path} not found") from err
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err})") from err
+    ds = read_json(path, "train.deepspeed_config", ConfigError)
     for owned in ("optimizer", "scheduler"):
         if owned in ds:
             raise ConfigError(f"{path}: remove '{owned}'; the trainer builds it from train.{owned}")
