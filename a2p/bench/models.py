@@ -209,7 +209,7 @@ def bench_vq(setup: Setup) -> Report:
         return Report("vq", note="a2p.models.vq not present yet: skipped")
     keyframes = setup.randn(1, setup.frames // KEYFRAME_INTERVAL, POSE_DIM)  # (1, K, 104)
     with torch.inference_mode(), setup.autocast():
-        flops = count_flops(lambda: model.decode(model.encode(keyframes)))
+        flops = count_flops(lambda: model.decode_codes(model.encode(keyframes)))
     line = FlopLine(flops, f"encode + decode of keyframes {tuple(keyframes.shape)}")
     return Report("vq", parameter_count(model), [line])
 
