@@ -5,23 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from a2p.cli.data import main as data_main
 from a2p.cli.train import main as train_main
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> dict[str, Path]:
-    """One person's shards without and with precomputed mel features (tiny: 8 scenes x 20 s)."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("diffusion_tasks")
-    assert (
-        data_main(["synth", "--out", str(root / "raw"), "--scenes", "8", "--seconds", "20", "--seed", "3"])
-        == 0
-    )
-    src = str(root / "raw" / "PXB184")
-    assert data_main(["build", "--src", src, "--out", str(root / "plain")]) == 0
-    assert data_main(["build", "--src", src, "--out", str(root / "mel"), "--features", "mel"]) == 0
-    return {"plain": root / "plain", "mel": root / "mel"}
+@pytest.fixture
+def shards(tiny_shards):
+    return tiny_shards
 
 
 def train(task: str, data: Path, run_dir: Path, steps: int, *extra: str) -> int:

@@ -14,17 +14,9 @@ from a2p.training import checkpoint as ckpt
 from a2p.training.tasks import build_task
 
 
-@pytest.fixture(scope="module")
-def body_shards(tmp_path_factory):
-    from a2p.cli.data import main as data_main
-
-    root = tmp_path_factory.mktemp("export")
-    assert (
-        data_main(["synth", "--out", str(root / "raw"), "--scenes", "7", "--seconds", "20", "--seed", "1"])
-        == 0
-    )
-    assert data_main(["build", "--src", str(root / "raw" / "PXB184"), "--out", str(root / "shards")]) == 0
-    return root / "shards"
+@pytest.fixture
+def body_shards(tiny_shards):
+    return tiny_shards["plain"]
 
 
 def test_export_rebuilds_the_ema_model_exactly(body_shards, tmp_path, capsys):

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-steps", type=int, default=None, help="optimizer steps of the run (train.max_steps)"
     )
+    parser.add_argument(
+        "--vq", default=None, help="guide only: the trained VQ, a run directory or export (task.vq)"
+    )
     parser.add_argument("--resume", default=None, help="`latest` or a checkpoint directory")
     parser.add_argument("--deepspeed", default=None, help="DeepSpeed JSON; selects train.backend=deepspeed")
     parser.add_argument(
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         flags.append(f"train.data={json.dumps(args.data)}")
     if args.max_steps is not None:
         flags.append(f"train.max_steps={args.max_steps}")
+    if args.vq is not None:
+        flags.append(f"task.vq={json.dumps(args.vq)}")
     if args.deepspeed is not None:
         flags += ["train.backend=deepspeed", f"train.deepspeed_config={json.dumps(args.deepspeed)}"]
     config = load_run_config(args.task, args.preset, args.config, [*flags, *args.overrides])

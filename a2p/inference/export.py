@@ -52,8 +52,10 @@ def _checkpoint_of(run: str | Path) -> Path:
     return found
 
 
-def export_run(run: str | Path, out: str | Path, use_ema: bool = True) -> Path:
-    """Write the EMA weights (or the raw weights) of `run`'s latest checkpoint to `out`, atomically."""
+def model_of_run(
+    run: str | Path, use_ema: bool = True
+) -> tuple[dict[str, Any], dict[str, Any], nn.Module, str]:
+    """(checkpoint meta, resolved config, model with the EMA or raw weights, which) of a run."""
     checkpoint = _checkpoint_of(run)
     meta = ckpt.read_meta(checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
@@ -68,10 +70,29 @@ def export_run(run: str | Path, out: str | Path, use_ema: bool = True) -> Path:
         weights = "ema"
     elif use_ema:
         logger.warning(
-            "%s has no EMA weights (train.ema.enabled was false); exporting the raw weights", checkpoint
+            "%s has no EMA weights (train.ema.enabled was false); using the raw weights", checkpoint
         )
-    # Load once to prove the file will rebuild, and to store contiguous tensors that own their memory.
     model.load_state_dict(state, strict=True)
+    return meta, config, model.eval(), weights
+
+
+def load_run_or_export(path: str | Path, expect_task: str) -> Exported:
+    """A trained model from an export file or from a run (its latest checkpoint's EMA weights)."""
+    path = Path(path)
+    if path.is_file():
+        return load_export(path, expect_task)
+    if not path.exists():
+        raise A2PError(f"{path}: no such export file or run directory")
+    meta, config, model, weights = model_of_run(path)
+    if meta["task"] != expect_task:
+        raise A2PError(f"{path}: is a {meta['task']!r} run, but a {expect_task!r} model is needed here")
+    return Exported(meta["task"], config["task"], model, int(meta["step"]), weights)
+
+
+def export_run(run: str | Path, out: str | Path, use_ema: bool = True) -> Path:
+    """Write the EMA weights (or the raw weights) of `run`'s latest checkpoint to `out`, atomically."""
+    meta, config, model, weights = model_of_run(run, use_ema)
+    checkpoint = _checkpoint_of(run)
     tensors = {name: t.detach().contiguous().clone() for name, t in model.state_dict().items()}
     metadata = {
         "format": EXPORT_FORMAT,

@@ -5,11 +5,7 @@ training steps, noise the clean motion x0 with q_sample, keep each row's conditi
 probability 1 - `cond_drop_prob` (classifier-free guidance is trained by dropping audio and guide
 poses together), predict x0 and take the MSE on valid frames (padding, and for the face the
 missing frames, masked) plus `lambda_vel` times the velocity MSE. No variational-bound pass.
-
-Audio features come from the shards when they carry them (computed once by `a2p data build
---features`); otherwise the task's frozen featurizer runs on the crop's audio under no_grad. It
-is not part of the model or its checkpoint: it is deterministic, or loaded from the file named
-in the config.
+Audio features: `a2p.training.audio_inputs`.
 """
 
 from __future__ import annotations
@@ -20,9 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from a2p.config.audio import FEATURE_DIMS
 from a2p.config.denoiser import DenoiserConfig, denoiser_preset
-from a2p.data.format import load_manifest
 from a2p.diffusion import (
     NUM_TRAIN_STEPS,
     cosine_schedule,
@@ -32,8 +26,8 @@ from a2p.diffusion import (
     sample_timesteps,
 )
 from a2p.errors import ConfigError
-from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import ConditionInputs, build_denoiser
+from a2p.training.audio_inputs import AudioInputs
 from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
 
 
@@ -76,61 +70,15 @@ class DiffusionTask(Task):
                 f"({'needs' if self.uses_guide else 'takes no'} guide poses)"
             )
         self._schedule = None
-        self._featurizer: nn.Module | None = None
-        self._shards_have_features: bool | None = None
+        self.audio = AudioInputs(
+            config.featurizer, config.featurizer_weights, config.model.audio_dim, "task.model.audio_dim"
+        )
 
     def build_model(self) -> nn.Module:
         return build_denoiser(self.config.model)
 
-    def features(self, batch: dict[str, Any], device: torch.device) -> Tensor:
-        """The batch's 100 Hz audio features: from the shards, else from the frozen featurizer."""
-        if "features" in batch:
-            return batch["features"]
-        if self._featurizer is None:
-            # Frozen and deterministic (or loaded from the user's file): not part of the checkpoint.
-            self._featurizer = build_featurizer(self.config.featurizer, self.config.featurizer_weights)
-        self._featurizer.to(device)
-        with torch.no_grad():
-            return self._featurizer(batch["audio"])
-
-    def check_shards(self, shard_dir: str) -> None:
-        """Refuse shards whose features (or featurizer) do not fit the model, before any compute."""
-        manifest = load_manifest(shard_dir)
-        width = self.config.model.audio_dim
-        if manifest.features:
-            self._shards_have_features = True
-            stored = int(manifest.features.get("dim", -1))
-            if stored != width:
-                raise ConfigError(
-                    f"{shard_dir}: shards carry {manifest.features.get('name')} features of width "
-                    f"{stored}, but task.model.audio_dim is {width}"
-                )
-        else:
-            self._shards_have_features = False
-            expected = FEATURE_DIMS.get(self.config.featurizer)
-            if expected != width:
-                raise ConfigError(
-                    f"task.featurizer {self.config.featurizer!r} makes features of width {expected}, "
-                    f"but task.model.audio_dim is {width}"
-                )
-
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
-        from a2p.data import build_train_loader
-
-        if not ctx.data:
-            raise ConfigError(f"the {self.name} task needs --data SHARDS/PERSON")
-        self.check_shards(ctx.data)
-        return build_train_loader(
-            ctx.data,
-            ctx.batch_size,
-            seed=ctx.seed,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            num_workers=self.config.num_workers,
-            shuffle_buffer=self.config.shuffle_buffer,
-            audio=not self._shards_have_features,
-            features=True,
-        )
+        return self.audio.loader(ctx, self.name, self.config.num_workers, self.config.shuffle_buffer)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         x0 = batch[self.motion_key].float()  # (B, T, D)
@@ -142,7 +90,7 @@ class DiffusionTask(Task):
         keep = torch.rand(batch_size, device=device) >= self.config.cond_drop_prob
         x_t = q_sample(self._schedule, x0, t, torch.randn_like(x0))
         guide = batch["keyframes"] if self.uses_guide else None
-        features = self.features(batch, device)  # (B, F, C)
+        features = self.audio(batch, device)  # (B, F, C)
         x0_pred = model(x_t, t, ConditionInputs(features.to(x_t.dtype), guide, keep))
         terms = diffusion_loss(x0_pred.float(), x0, valid, lambda_vel=self.config.lambda_vel)
         sums, counts = loss_by_quartile(terms.loss.detach(), t, NUM_TRAIN_STEPS)

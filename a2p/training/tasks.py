@@ -32,6 +32,8 @@ TASK_MODULES: dict[str, str] = {
     "toy": "a2p.training.toy",
     "face": "a2p.training.diffusion_tasks",
     "body": "a2p.training.diffusion_tasks",
+    "vq": "a2p.training.token_tasks",
+    "guide": "a2p.training.token_tasks",
 }
 """Module that registers each task, imported the first time the task is named."""
 

@@ -1,0 +1,140 @@
+"""The `vq` and `guide` tasks: the body keyframe tokenizer and the audio-to-token transformer.
+
+`vq` trains the residual VQ-VAE on the 1 fps keyframes of shard crops (its codebooks learn by EMA,
+with statistics summed over data-parallel ranks). `guide` trains the guide transformer on the
+tokens a trained, frozen VQ gives those keyframes, conditioned on the crop's audio features; it
+needs the VQ (`--vq RUN_OR_EXPORT`, i.e. `task.vq`) before any compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from a2p.config.guide import GuideConfig, guide_preset
+from a2p.config.vq import VQConfig, vq_preset
+from a2p.errors import ConfigError
+from a2p.models.guide import build_guide
+from a2p.models.vq import build_vq
+from a2p.training.audio_inputs import AudioInputs
+from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
+
+
+@dataclass
+class VQTaskConfig:
+    """The body VQ-VAE and its data."""
+
+    model: VQConfig = field(default_factory=VQConfig)
+    """The VQ-VAE."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    shuffle_buffer: int = 16
+    """Samples in each stream's shuffle buffer."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+@register_task("vq")
+class VQTask(Task):
+    """Residual VQ-VAE on keyframes (B, 20, 104) of 600-frame crops, padded keyframes masked."""
+
+    config_class = VQTaskConfig
+    presets = {size: VQTaskConfig(model=vq_preset(size)) for size in ("paper", "debug")}
+    default_preset = "paper"
+
+    def build_model(self) -> nn.Module:
+        return build_vq(self.config.model)
+
+    def build_data(self, ctx: TaskContext) -> ResumableIterable:
+        from a2p.data import build_train_loader
+
+        if not ctx.data:
+            raise ConfigError("the vq task needs --data SHARDS/PERSON")
+        return build_train_loader(
+            ctx.data,
+            ctx.batch_size,
+            seed=ctx.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            num_workers=self.config.num_workers,
+            shuffle_buffer=self.config.shuffle_buffer,
+            audio=False,
+            features=False,
+        )
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if dist.is_available() and dist.is_initialized():
+            # Codebook statistics are summed over ranks; data-drawn codes come from rank 0.
+            _unwrap(model).quantizer.set_collectives(dist.all_reduce, lambda t: dist.broadcast(t, 0))
+        _, losses, stats = model(batch["keyframes"].float(), batch["keyframe_mask"])
+        return {**losses, **{name: value.detach() for name, value in stats.items()}}
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {"keyframes": float(batch["keyframe_mask"].sum())}
+
+
+@dataclass
+class GuideTaskConfig:
+    """The guide transformer, the VQ whose tokens it learns, and its audio."""
+
+    model: GuideConfig = field(default_factory=GuideConfig)
+    """The guide transformer."""
+    vq: str = ""
+    """Trained VQ: a run directory or an `a2p export` file (`a2p train guide --vq ...`)."""
+    featurizer: str = "mel"
+    """Frozen audio featurizer, used when the shards carry no features."""
+    featurizer_weights: str | None = None
+    """Local weights file of the featurizer (wav2vec2)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    shuffle_buffer: int = 16
+    """Samples in each stream's shuffle buffer."""
+
+
+@register_task("guide")
+class GuideTask(Task):
+    """Next-token cross-entropy of the frozen VQ's codes of the crop's keyframes, given its audio."""
+
+    config_class = GuideTaskConfig
+    presets = {size: GuideTaskConfig(model=guide_preset(size)) for size in ("paper", "debug")}
+    default_preset = "paper"
+
+    def __init__(self, config: GuideTaskConfig) -> None:
+        super().__init__(config)
+        if not config.vq:
+            raise ConfigError("the guide task needs its trained VQ: --vq RUN_DIR_OR_EXPORT (task.vq)")
+        from a2p.inference.export import load_run_or_export
+
+        self.vq = load_run_or_export(config.vq, expect_task="vq").model.requires_grad_(False)
+        vq_config = self.vq.config
+        if (vq_config.codes, vq_config.levels) != (config.model.codes, config.model.levels):
+            raise ConfigError(
+                f"{config.vq}: the VQ has {vq_config.levels} levels x {vq_config.codes} codes, but "
+                f"task.model expects {config.model.levels} x {config.model.codes}"
+            )
+        self.audio = AudioInputs(
+            config.featurizer, config.featurizer_weights, config.model.audio_dim, "task.model.audio_dim"
+        )
+
+    def build_model(self) -> nn.Module:
+        return build_guide(self.config.model)
+
+    def build_data(self, ctx: TaskContext) -> ResumableIterable:
+        return self.audio.loader(ctx, self.name, self.config.num_workers, self.config.shuffle_buffer)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
+        keyframes = batch["keyframes"].float()
+        self.vq.to(keyframes.device)
+        with torch.no_grad():
+            codes = self.vq.encode(keyframes)  # (B, K, L)
+        features = self.audio(batch, keyframes.device)
+        return model(codes, features.to(keyframes.dtype), batch["keyframe_mask"])
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {"keyframes": float(batch["keyframe_mask"].sum())}
