@@ -74,3 +74,17 @@ def test_wrong_guide_setting_for_the_task_is_refused(shards, tmp_path, capsys):
         train("face", shards["plain"], tmp_path / "guided_face", 1, "--set", "task.model.guide_dim=104") == 2
     )
     assert "does not fit the face task" in capsys.readouterr().err
+
+
+def test_eval_steps_log_a_sample_and_its_figure(shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "eval"
+    extra = ["--set", "train.log.eval_interval=2", "--set", "task.eval_sampler=ddim5"]
+    assert train("body", shards["plain"], run, 2, *extra) == 0
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "eval/sample_mse" in events.Tags()["scalars"]
+    assert events.Scalars("eval/sample_mse")[0].value > 0
+    images = events.Images("eval/motion")
+    assert images and images[0].height == 4 * 48 and images[0].width > 100

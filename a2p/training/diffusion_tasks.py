@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from a2p.config.denoiser import DenoiserConfig, denoiser_preset
+from a2p.constants import FEATURE_RATE_HZ, KEYFRAME_INTERVAL
+from a2p.data.format import features_frames
 from a2p.diffusion import (
     NUM_TRAIN_STEPS,
     cosine_schedule,
@@ -49,6 +51,10 @@ class DiffusionTaskConfig:
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 16
     """Samples in each stream's shuffle buffer."""
+    eval_sampler: str = "ddim20"
+    """Sampler setting of the evaluation sample (`train.log.eval_interval` steps)."""
+    eval_guidance: float = 2.0
+    """Classifier-free guidance scale of the evaluation sample."""
 
 
 class DiffusionTask(Task):
@@ -106,6 +112,31 @@ class DiffusionTask(Task):
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
         return {"frames": float(batch["length"].sum())}
+
+    def evaluate(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
+        """Sample the first validation crop of this rank; MSE to the real motion and a figure of both."""
+        from a2p.data import build_eval_loader
+        from a2p.inference.sampling import sample_motion
+        from a2p.training.figures import motion_figure
+
+        loader = build_eval_loader(
+            ctx.data, 1, split="val", rank=ctx.rank, world_size=ctx.world_size,
+            audio=not self.audio.shards_have_features,
+        )  # fmt: skip
+        batch = next(iter(loader))
+        batch = {k: v.to(ctx.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        valid = batch[self.mask_key][0]
+        frames = int(batch["length"][0])
+        guide = batch["keyframes"][:, : max(frames // KEYFRAME_INTERVAL, 1)] if self.uses_guide else None
+        features = self.audio(batch, ctx.device)[:, : features_frames(frames, FEATURE_RATE_HZ)]
+        generated = sample_motion(
+            model, features.float(), frames, guide=guide, setting=self.config.eval_sampler,
+            guidance=self.config.eval_guidance, seed=ctx.seed,
+        )[0]  # fmt: skip
+        real = batch[self.motion_key][0, :frames].float()
+        used = valid[:frames]
+        mse = (generated - real)[used].pow(2).mean() if used.any() else torch.zeros((), device=ctx.device)
+        return {"sample_mse": float(ctx.all_reduce_mean(mse)), "motion": motion_figure(real, generated)}
 
 
 def _presets(model: str, **task_fields: Any) -> dict[str, DiffusionTaskConfig]:
