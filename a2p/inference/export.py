@@ -40,6 +40,8 @@ class Exported:
     model: nn.Module
     step: int
     weights: str
+    stats: dict[str, list[float]] | None = None
+    """Normalization stats of the shards the model was trained on (body/face mean and std), if known."""
 
 
 def _checkpoint_of(run: str | Path) -> Path:
@@ -86,7 +88,21 @@ def load_run_or_export(path: str | Path, expect_task: str) -> Exported:
     meta, config, model, weights = model_of_run(path)
     if meta["task"] != expect_task:
         raise A2PError(f"{path}: is a {meta['task']!r} run, but a {expect_task!r} model is needed here")
-    return Exported(meta["task"], config["task"], model, int(meta["step"]), weights)
+    return Exported(meta["task"], config["task"], model, int(meta["step"]), weights, _training_stats(config))
+
+
+def _training_stats(config: dict[str, Any]) -> dict[str, list[float]] | None:
+    """The normalization stats of the run's shards (its manifest), so outputs can be denormalized."""
+    from a2p.data.format import load_manifest
+
+    data = config.get("train", {}).get("data")
+    if not data:
+        return None
+    try:
+        return load_manifest(data).stats
+    except A2PError:
+        logger.warning("%s: shard manifest not readable; the export carries no normalization stats", data)
+        return None
 
 
 def export_run(run: str | Path, out: str | Path, use_ema: bool = True) -> Path:
@@ -102,6 +118,7 @@ def export_run(run: str | Path, out: str | Path, use_ema: bool = True) -> Path:
         "step": str(meta["step"]),
         "weights": weights,
         "a2p_version": __version__,
+        "stats": json.dumps(_training_stats(config)),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,4 +160,5 @@ def load_export(path: str | Path, expect_task: str | None = None) -> Exported:
     model = build_task(task, config).build_model()
     model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
     model.eval()
-    return Exported(task, config, model, int(metadata["step"]), metadata["weights"])
+    stats = json.loads(metadata.get("stats", "null"))
+    return Exported(task, config, model, int(metadata["step"]), metadata["weights"], stats)

@@ -84,14 +84,18 @@ def sample_motion(
     seed: int = 0,
     generators: list[torch.Generator] | None = None,
 ) -> Tensor:
-    """(reps, frames, D) motion for one clip: features (1, F, C) at 100 Hz, guide (1, K, D_guide).
+    """(reps, frames, D) motion for one clip: features (1, F, C) at 100 Hz, guide (1 or reps, K, D_guide).
 
     `generators` (one per repetition) overrides the ones derived from `seed`.
     """
     device = features.device
     parsed, schedule = setting_schedule(setting, device)
-    condition = denoiser.encode_condition(features, guide)  # once per clip
-    condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
+    if guide is not None and guide.shape[0] == reps > 1:
+        # one guide per repetition (keyframes sampled per repetition): encode all rows once
+        condition = denoiser.encode_condition(features.expand(reps, *features.shape[1:]), guide)
+    else:
+        condition = denoiser.encode_condition(features, guide)  # once per clip
+        condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
     if guidance != 1.0:
         condition = denoiser.expand_for_cfg(condition)  # (2 reps) rows: conditional first
 
