@@ -16,7 +16,8 @@ Array jobs: `part=i, parts=n` builds the i-th of n contiguous scene groups of th
 its own range of shard indices; `a2p data merge` joins the parts' records into the manifest.
 
 Test hook: with `A2P_BUILD_FAIL_AFTER_SHARDS=k` in the environment, the build crashes while
-writing the shard after its k-th finished one, leaving that shard's temp file behind.
+writing the shard after its k-th finished one, leaving that shard's temp file behind; with
+`k:kill` it sends itself SIGKILL there instead, dying with no clean-up at all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -69,6 +71,7 @@ from data_tools.validate import SceneFiles, find_scenes, scene_splits
 logger = logging.getLogger(__name__)
 
 FAIL_AFTER_ENV = "A2P_BUILD_FAIL_AFTER_SHARDS"
+FAIL_BY_KILL = ":kill"
 FEATURE_ALIGN_FRAMES = SAMPLES_PER_FEATURE // math.gcd(SAMPLES_PER_FRAME, SAMPLES_PER_FEATURE)
 """Motion frames spanning a whole number of feature frames (3): with features, windows start on this grid."""
 IN_FLIGHT_PER_WORKER = 2
@@ -298,6 +301,13 @@ def _validate_all(
     return summaries
 
 
+def _injected_failure(hook: str, shard: str) -> None:
+    """The test hook's crash: an exception, or (`k:kill`) an abrupt SIGKILL of this process."""
+    if hook.endswith(FAIL_BY_KILL):
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"{FAIL_AFTER_ENV}={hook}: injected failure in {shard}")
+
+
 def _pack_shards(
     out: Path,
     jobs: list[EncodeJob],
@@ -313,7 +323,8 @@ def _pack_shards(
     Returns split -> manifest entries of all its shards (kept and new), in order.
     """
     shards = {split: state.kept_shards(split) for split in dict.fromkeys(job.split for job in jobs)}
-    fail_after = int(os.environ[FAIL_AFTER_ENV]) if os.environ.get(FAIL_AFTER_ENV) else None
+    fail_hook = os.environ.get(FAIL_AFTER_ENV, "")
+    fail_after = int(fail_hook.removesuffix(FAIL_BY_KILL)) if fail_hook else None
     finished_here = 0
     writer: ShardWriter | None = None
     todo = [job for job in jobs if job.skip_windows < len(job.keys)]
@@ -342,9 +353,7 @@ def _pack_shards(
                         writer = ShardWriter(out, job.split, index)
                     writer.add(sample)
                     if fail_after is not None and finished_here >= fail_after:
-                        raise RuntimeError(
-                            f"{FAIL_AFTER_ENV}={fail_after}: injected failure in {writer.name}"
-                        )
+                        _injected_failure(fail_hook, writer.name)
                     progress.update()
             if writer is not None:
                 shards[writer.split].append(writer.finish(identity))

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import tarfile
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +37,6 @@ from a2p.errors import DataError
 from data_tools.stats import Moments
 from data_tools.validate import FLAC_SUBTYPES, Scene, SceneFiles, read_scene
 
-TAR_BLOCK = 512
 FEATURES_DTYPE = "float16"
 
 
@@ -85,7 +89,8 @@ class EncodedSample:
     @property
     def tar_bytes(self) -> int:
         """Bytes these members take in a tar (header block + data padded to whole blocks)."""
-        return sum(TAR_BLOCK + -(-len(data) // TAR_BLOCK) * TAR_BLOCK for data in self.files.values())
+        block = tarfile.BLOCKSIZE
+        return sum(block + -(-len(data) // block) * block for data in self.files.values())
 
 
 def summarize_scene(job: tuple[SceneFiles, str, bool]) -> SceneSummary | DataError:
@@ -155,14 +160,27 @@ def audio_bytes(samples: np.ndarray, subtype: str) -> tuple[str, bytes]:
     return AUDIO_WAV_KEY, buffer.getvalue()
 
 
+WORKER_ORPHANED_EXIT = 1
 _limit_threads = False
 _featurizers: dict[tuple[str, str | None], Any] = {}
 
 
 def init_worker() -> None:
-    """Run in every worker process: the pool is the parallelism, so torch gets one thread each."""
+    """Run in every worker process: torch gets one thread (the pool is the parallelism), and the
+    worker exits when the build process dies."""
     global _limit_threads
     _limit_threads = True
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    """Exit once the parent is gone. A pool's workers hold both ends of their task queue, so after
+    the build is killed (SIGKILL, OOM) they would otherwise wait for work forever, holding its
+    output pipes open."""
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(WORKER_ORPHANED_EXIT)
 
 
 def featurizer_info(name: str, weights: str | None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ BUILD_DIR = ".build"
 PARTS_DIR = ".parts"
 JOURNAL_SUFFIX = ".json"
 TMP_SUFFIX = ".tmp"
-TAR_END_BYTES = 2 * 512
+TAR_END_BYTES = 2 * tarfile.BLOCKSIZE
 """The two zero blocks that end a tar."""
 SHARD_INDEX_LIMIT = 1_000_000
 """Shard indices have six digits."""
@@ -114,6 +114,12 @@ class BuildIdentity:
         return "; ".join(changed) or "a different build fingerprint"
 
 
+def _tar_file_bytes(member_bytes: int) -> int:
+    """Size of a tar file whose members take `member_bytes`: tarfile ends it with two zero blocks
+    and pads it to a whole record (`tarfile.RECORDSIZE`)."""
+    return -(-(member_bytes + TAR_END_BYTES) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 class _HashingWriter:
     """The write end tarfile needs (`write`, `tell`), hashing and counting what passes through."""
 
@@ -144,7 +150,8 @@ class ShardWriter:
         self.tar = tarfile.TarFile(fileobj=self.writer, mode="w", format=tarfile.PAX_FORMAT)
         self.keys: list[str] = []
         self.frames = 0
-        self.estimated_bytes = TAR_END_BYTES
+        self.member_bytes = 0
+        """Bytes of the members written so far (headers and block-padded data)."""
 
     def add(self, sample: EncodedSample) -> None:
         for suffix, data in sample.files.items():
@@ -153,11 +160,16 @@ class ShardWriter:
             self.tar.addfile(info, io.BytesIO(data))
         self.keys.append(sample.key)
         self.frames += sample.frames
-        self.estimated_bytes += sample.tar_bytes
+        self.member_bytes += sample.tar_bytes
+
+    @property
+    def final_bytes(self) -> int:
+        """The size of the finished file if it ended now: members, end blocks, padding to a whole record."""
+        return _tar_file_bytes(self.member_bytes)
 
     def would_overflow(self, sample: EncodedSample, limit: int) -> bool:
         """True when adding `sample` would pass `limit` (a lone oversized sample still gets a shard)."""
-        return bool(self.keys) and self.estimated_bytes + sample.tar_bytes > limit
+        return bool(self.keys) and _tar_file_bytes(self.member_bytes + sample.tar_bytes) > limit
 
     def finish(self, identity: BuildIdentity) -> dict[str, Any]:
         """Close, fsync, rename into place, then journal; returns the shard's manifest entry."""

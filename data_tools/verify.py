@@ -19,7 +19,13 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from a2p.constants import AUDIO_CHANNELS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from a2p.constants import (
+    AUDIO_CHANNELS,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    WRAPPED_POSE_CHANNEL,
+    WRAPPED_POSE_PEOPLE,
+)
 from a2p.data.format import (
     AUDIO_KEYS,
     BODY_KEY,
@@ -36,7 +42,8 @@ from a2p.data.format import (
     frames_to_hours,
     load_manifest,
 )
-from data_tools.journal import file_sha256
+from a2p.fileio import file_sha256
+from data_tools.validate import TWO_PI
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +224,12 @@ def _check_sample(files: dict[str, bytes], split: str, manifest: Manifest) -> tu
             )
     except (ValueError, KeyError, TypeError) as err:
         return [*problems, f"unreadable {META_KEY} ({err})"], 0
-    _check_array(_npy(files, BODY_KEY, problems), BODY_KEY, (frames, manifest.pose_dim), np.float32, problems)
+    body = _npy(files, BODY_KEY, problems)
+    _check_array(body, BODY_KEY, (frames, manifest.pose_dim), np.float32, problems)
+    if manifest.person in WRAPPED_POSE_PEOPLE and body is not None and body.ndim == 2:
+        angles = body[:, WRAPPED_POSE_CHANNEL] if body.shape[1] > WRAPPED_POSE_CHANNEL else np.zeros(0)
+        if not ((angles >= 0) & (angles < TWO_PI)).all():
+            problems.append(f"{BODY_KEY} channel {WRAPPED_POSE_CHANNEL} is not wrapped into [0, 2 pi)")
     face = valid = None
     if FACE_KEY in files:
         face = _npy(files, FACE_KEY, problems)

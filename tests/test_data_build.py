@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +39,16 @@ from a2p.data.format import (
 from a2p.errors import DataError
 from a2p.version import __version__
 from data_tools.build import FAIL_AFTER_ENV, build
+from data_tools.encode import EncodedSample
+from data_tools.journal import BUILD_DIR, JOURNAL_SUFFIX, BuildIdentity, ShardWriter
 from data_tools.merge import merge_parts
 from data_tools.validate import TWO_PI, wrap_angles
 
 WINDOW, HOP = 120, 60
 MAX_SHARD_MB = 2.0
 MAX_SHARD_BYTES = int(MAX_SHARD_MB * 1024 * 1024)
+REPO = Path(__file__).resolve().parents[1]
+SUBPROCESS_TIMEOUT_S = 120
 SPLIT_OF_8 = ["train"] * 2 + ["val"] * 2 + ["test"] * 4
 
 
@@ -171,6 +179,23 @@ def test_shards_do_not_depend_on_worker_count(dataset: Path, built: Path, tmp_pa
     out = tmp_path / dataset.name
     assert main(build_args(dataset, out, "--workers", "1")) == 0
     assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((built / MANIFEST_NAME).read_text())
+
+
+def test_shard_writer_knows_the_final_size_so_the_bound_holds(tmp_path: Path) -> None:
+    """The bound counts tar headers, block padding, the end blocks and the padding to a whole record."""
+    rng = np.random.default_rng(0)
+    identity = BuildIdentity(params={}, sources={})
+    for index, limit in enumerate((20_000, 33_333, 61_440, 100_001)):
+        writer = ShardWriter(tmp_path, "train", index)
+        sizes = []
+        for n in range(40):
+            sample = EncodedSample(f"scene01_{n:06d}", 1, {"a.npy": bytes(int(rng.integers(1, 3000)))})
+            if writer.would_overflow(sample, limit):
+                break
+            writer.add(sample)
+            sizes.append(writer.final_bytes)
+        entry = writer.finish(identity)
+        assert entry["bytes"] == sizes[-1] == (tmp_path / entry["name"]).stat().st_size <= limit
 
 
 def test_person_id_is_matched_exactly_not_by_substring(tiny: Path, tmp_path: Path) -> None:
@@ -343,6 +368,39 @@ def test_interrupted_build_resumes_without_redoing_finished_shards(
     assert {k: v for k, v in again.items() if not k.startswith("val")} == {
         k: v for k, v in after.items() if not k.startswith("val")
     }
+    assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((built / MANIFEST_NAME).read_text())
+
+
+def test_a_build_killed_by_sigkill_resumes(dataset: Path, built: Path, tmp_path: Path) -> None:
+    """`a2p data build` in a subprocess with 2 workers dies by SIGKILL (no clean-up at all) while
+    writing its third shard; the rerun keeps the two finished ones and ends equal to a clean build."""
+    out = tmp_path / dataset.name
+    env = {**os.environ, FAIL_AFTER_ENV: "2:kill", "PYTHONPATH": str(REPO)}
+    killed = subprocess.run(
+        [sys.executable, "-m", "a2p", "data", *build_args(dataset, out, "--workers", "2")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    finished = shard_files(out)
+    assert sorted(finished) == ["train-000000.tar", "train-000001.tar"]
+    assert [p.name for p in out.glob(".*.tmp")] == [".train-000002.tar.tmp"]
+    assert not (out / MANIFEST_NAME).exists()
+
+    assert main(build_args(dataset, out, "--workers", "2")) == 0
+    after = shard_files(out)
+    assert {name: after[name] for name in finished} == finished, "finished shards were rewritten"
+    assert not list(out.glob(".*.tmp"))
+    assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((built / MANIFEST_NAME).read_text())
+
+    # Killed between a shard's rename and its journal: the final name alone is not trusted.
+    (out / BUILD_DIR / f"train-000001.tar{JOURNAL_SUFFIX}").unlink()
+    assert main(build_args(dataset, out, "--workers", "1")) == 0
+    again = shard_files(out)
+    assert again["train-000000.tar"] == after["train-000000.tar"]
+    assert again["train-000001.tar"] != after["train-000001.tar"]
     assert json.loads((out / MANIFEST_NAME).read_text()) == json.loads((built / MANIFEST_NAME).read_text())
 
 

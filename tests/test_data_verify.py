@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
-from datasets import TINY_SCENES, TINY_SECONDS, make_dataset
+from datasets import TINY_SCENES, TINY_SECONDS, make_dataset, read_tar
 
 from a2p.cli.data import main
+from a2p.constants import WRAPPED_POSE_CHANNEL
 from a2p.data.format import MANIFEST_NAME, load_manifest
 from data_tools.build import build
 from data_tools.verify import verify_shards
@@ -67,6 +71,27 @@ def test_corrupt_tar_header_is_reported_not_raised(shards: Path) -> None:
     report = verify_shards(shards)
     assert not report.ok
     assert f"{path}: corrupt or truncated tar (bad checksum)" in report.problems
+
+
+def test_unwrapped_pose_of_a_capture_1_person_is_named(shards: Path) -> None:
+    path = shards / load_manifest(shards).splits["train"].shards[0].name
+    samples = read_tar(path)
+    key = next(iter(samples))
+    body = np.load(io.BytesIO(samples[key]["body.npy"]))
+    body[0, WRAPPED_POSE_CHANNEL] = 7.0  # beyond 2 pi: a shard of a build that skipped the wrap
+    buffer = io.BytesIO()
+    np.save(buffer, body)
+    samples[key]["body.npy"] = buffer.getvalue()
+    with tarfile.open(path, "w") as tar:
+        for name, files in samples.items():
+            for suffix, data in files.items():
+                info = tarfile.TarInfo(f"{name}.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert (
+        f"{path}: sample {key}: body.npy channel 3 is not wrapped into [0, 2 pi)"
+        in verify_shards(shards).problems
+    )
 
 
 def test_missing_and_unlisted_shards(shards: Path) -> None:

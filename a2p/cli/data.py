@@ -96,13 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _summary_line(split: str, shards: int, samples: int, frames: int, hours: float) -> str:
+    return f"  {split:<5} {shards:4d} shards {samples:6d} samples {frames:9d} frames {hours:8.3f} h"
+
+
 def print_summary(manifest: Manifest, where: Path) -> None:
+    """One line per split: shards, samples (windows), distinct frames and hours."""
     print(f"{where}: {manifest.person}")
     for name, split in manifest.splits.items():
-        print(
-            f"  {name:<5} {len(split.shards):4d} shards {split.samples:6d} samples "
-            f"{split.frames:9d} frames {split.hours:8.3f} h"
-        )
+        print(_summary_line(name, len(split.shards), split.samples, split.frames, split.hours))
 
 
 @reports_errors
@@ -141,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         from data_tools.verify import verify_shards
 
         report = verify_shards(args.shards)
-        print_summary(report.manifest, args.shards)
+        print(f"{args.shards}: {report.manifest.person} (what the shards hold)")
+        for name, found in report.splits.items():
+            print(_summary_line(name, found.shards, found.samples, found.frames, found.hours))
         if not report.ok:
             raise DataError(
                 f"{args.shards}: {len(report.problems)} problem(s):\n  " + "\n  ".join(report.problems)
