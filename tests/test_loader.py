@@ -71,7 +71,15 @@ def test_every_rank_makes_the_fixed_number_of_batches_with_uneven_shards(tmp_pat
         counts = [
             len(epoch_items(tmp_path, rank, 2, 2, batches_per_epoch=batches_per_epoch)) for rank in range(2)
         ]
-        assert counts == [3, 3] if batches_per_epoch is None else [9, 9]
+        assert counts == ([4, 4] if batches_per_epoch is None else [9, 9])  # ceil(13 / (2 x 2))
+
+
+def test_crops_per_window_lengthens_the_epoch(shards):
+    per_rank = [epoch_items(shards, rank, 2, 2, crops_per_window=2) for rank in range(2)]
+    assert [len(batches) for batches in per_rank] == [8, 8]  # 16 windows x 2 / (2 ranks x batch 2)
+    keys = [key for batches in per_rank for batch in batches for key, _, _ in batch]
+    assert len(set(keys)) == 16  # every window ...
+    assert sorted(keys) == sorted([*set(keys)] * 2)  # ... exactly twice (two passes of each stream)
 
 
 def test_main_process_iteration_equals_worker_processes(shards):

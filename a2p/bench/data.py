@@ -5,20 +5,23 @@ synthetic shards of two sizes (`--windows` windows and `--scale` times as many: 
 noise-like 16-bit FLAC audio, random poses and face codes, as `a2p data build` lays them out) into
 a temporary folder and measures both, to show that memory does not grow with the data.
 
-For each dataset and worker count it iterates `--batches` batches of `--batch-size` training crops
+For each dataset and worker count, in a fresh process, it iterates `--batches` batches of `--batch-size` training crops
 (600 frames + 16 s of stereo audio each) and reports: time to the first batch (worker start-up and
-shuffle-buffer fill), samples/s after it, samples/s per worker, and the peak resident memory of the
-main process plus its DataLoader workers, sampled every 250 ms from /proc: summed RSS (counts pages
-shared between the forked processes once per process) and summed PSS (shares them out; sums to the
-true footprint).
+shuffle-buffer fill), samples/s after it, samples/s per worker, and the resident memory of the
+main process plus its DataLoader workers from /proc: peaks sampled every 250 ms of summed RSS
+(counts pages shared between the forked processes once per process) and summed PSS (shares them
+out; sums to the true footprint), and summed PSS after each quarter of the batches (memory over
+time: flat while the streams wrap around their shards again and again).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -65,6 +68,8 @@ class Result:
     samples_per_s: float
     peak_rss_mb: float
     peak_pss_mb: float
+    pss_over_time_mb: list[float]
+    """Summed PSS after 1/4, 2/4, 3/4 and all of the batches."""
 
     @property
     def per_worker(self) -> float:
@@ -94,13 +99,15 @@ class MemorySampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def sample(self) -> None:
+    def sample(self) -> tuple[float, float]:
+        """Summed RSS and PSS (MB) now, folded into the peaks."""
         rss = pss = 0.0
         for pid in [os.getpid(), *_children(os.getpid())]:
             rss += _proc_kb(f"/proc/{pid}/status", "VmRSS:")
             pss += _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
         self.peak_rss = max(self.peak_rss, rss / 1024)
         self.peak_pss = max(self.peak_pss, pss / 1024)
+        return rss / 1024, pss / 1024
 
 
 def _children(pid: int) -> list[int]:
@@ -205,6 +212,8 @@ def measure(
     )
     done = 0
     first = 0.0
+    checkpoints = {max(1, batches * q // 4) for q in range(1, 5)}
+    over_time: list[float] = []
     begin = time.perf_counter()
     with MemorySampler() as memory:
         for _ in loader:
@@ -212,6 +221,8 @@ def measure(
             if done == 1:
                 first = time.perf_counter() - begin
                 begin = time.perf_counter()
+            if done in checkpoints:
+                over_time.append(memory.sample()[1])
         elapsed = time.perf_counter() - begin
     rate = (batches - 1) * batch_size / elapsed if batches > 1 and elapsed > 0 else float("nan")
     size = sum(s.bytes or (shard_dir / s.name).stat().st_size for s in split.shards)
@@ -227,7 +238,15 @@ def measure(
         samples_per_s=rate,
         peak_rss_mb=memory.peak_rss,
         peak_pss_mb=memory.peak_pss,
+        pss_over_time_mb=over_time,
     )
+
+
+def measure_fresh(*args: object) -> Result:
+    """`measure` in a fresh interpreter, so one measurement's heap does not count in the next one's."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:  # not daemonic: may fork
+        return pool.submit(measure, *args).result()
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -244,8 +263,9 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def render(results: list[Result], audio: bool, shuffle_buffer: int) -> str:
     header = ["data", "windows", "shards", "GB", "workers", "batch", "first s", "samples/s", "per worker",
-              "RSS MB", "PSS MB", "PSS vs first"]  # fmt: skip
+              "RSS MB", "PSS MB", "PSS vs first", "PSS MB at 1/4 .. 4/4"]  # fmt: skip
     rows = []
+    several = len({r.data for r in results}) > 1
     for r in results:
         base = next(b for b in results if b.workers == r.workers)
         rows.append(
@@ -261,7 +281,8 @@ def render(results: list[Result], audio: bool, shuffle_buffer: int) -> str:
                 f"{r.per_worker:.1f}",
                 f"{r.peak_rss_mb:.0f}",
                 f"{r.peak_pss_mb:.0f}",
-                f"{r.peak_pss_mb / base.peak_pss_mb:.2f}x" if base.peak_pss_mb else "-",
+                f"{r.peak_pss_mb / base.peak_pss_mb:.2f}x" if base.peak_pss_mb and several else "-",
+                " ".join(f"{m:.0f}" for m in r.pss_over_time_mb),
             ]
         )
     crop = "600-frame crops" + (" with 16 s stereo audio" if audio else " without audio")
@@ -273,7 +294,8 @@ def render(results: list[Result], audio: bool, shuffle_buffer: int) -> str:
         "",
         "one epoch of the given batches per row (streams wrap around their shards as needed);",
         "samples/s excludes the first batch; RSS and PSS are peaks of main + worker processes;",
-        "PSS vs first: against the first dataset with the same workers (flat = memory independent of data size).",
+        "PSS vs first: against the first dataset with the same workers (flat = memory independent of data size);",
+        "PSS at 1/4 .. 4/4: summed PSS after each quarter of the batches (flat = no growth over time).",
     ]
     return "\n".join(lines)
 
@@ -311,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is not None:
         for workers in args.workers:
             results.append(
-                measure(
+                measure_fresh(
                     args.data,
                     str(args.data),
                     workers,
@@ -333,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 for label, _ in sizes:
                     root = top / f"synthetic-{label}"
                     results.append(
-                        measure(
+                        measure_fresh(
                             root,
                             f"synthetic {label}",
                             workers,

@@ -7,7 +7,8 @@ shards. A stream reads its shards `open_shards` at a time (each sample from a ra
 through a seeded shuffle buffer; when it runs out before the epoch ends it starts another pass
 (shards reshuffled, the buffer drained in between, so no sample repeats within a pass). It draws
 a crop per sample and batches inside the worker. Every rank delivers exactly `batches_per_epoch`
-batches (default: the split's samples / (R x batch size)), so no rank runs out before the others.
+batches, so no rank runs out before the others; by default ceil(samples x `crops_per_window` /
+(R x batch size)) from the manifest, so an epoch draws about `crops_per_window` crops per window.
 Each stream is a pure function of (seed, epoch, rank, R, K, stream); `a2p.data.state` explains
 how the DataLoader's round-robin over workers is kept in step with a position, which makes resume
 exact and cheap (skipped samples are read and shuffled, never decoded).
@@ -24,6 +25,7 @@ Batch keys and shapes are documented in `a2p.data.crops`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,7 @@ class TrainStream(IterableDataset):
         world_size: int | None = None,
         num_workers: int = 0,
         batches_per_epoch: int | None = None,
+        crops_per_window: float = 1.0,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         open_shards: int = DEFAULT_OPEN_SHARDS,
         crop_frames: int = CROP_MAX_FRAMES,
@@ -199,7 +202,9 @@ class TrainStream(IterableDataset):
                 f"workers = {self.world_size} x {self.num_streams} = {total_streams}; every (rank, worker) stream "
                 "needs a shard of its own: build more, smaller shards or use fewer workers"
             )
-        default = max(1, self.data.samples // (self.world_size * batch_size))
+        if crops_per_window <= 0:
+            raise ValueError(f"crops_per_window must be positive, got {crops_per_window}")
+        default = math.ceil(self.data.samples * crops_per_window / (self.world_size * batch_size))
         self.batches_per_epoch = int(batches_per_epoch or default)
         if self.batches_per_epoch <= 0:
             raise ValueError(f"batches_per_epoch must be positive, got {batches_per_epoch}")
@@ -391,6 +396,7 @@ def build_train_loader(
     num_workers: int = 0,
     split: str = "train",
     batches_per_epoch: int | None = None,
+    crops_per_window: float = 1.0,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     open_shards: int = DEFAULT_OPEN_SHARDS,
     crop_frames: int = CROP_MAX_FRAMES,
@@ -403,8 +409,11 @@ def build_train_loader(
 ) -> TrainLoader:
     """This rank's resumable training loader over the shards of one person (`shard_dir`).
 
-    `rank`/`world_size` default to `a2p.distributed.rank_info()`. `audio=False` skips decoding the
-    waveform (when the model reads precomputed `features`); `normalize=False` keeps raw values.
+    `rank`/`world_size` default to `a2p.distributed.rank_info()`. An epoch is `batches_per_epoch`
+    batches, by default ceil(train windows x `crops_per_window` / (world_size x batch_size)).
+    `audio=False` skips decoding the waveform (when the model reads precomputed `features`);
+    `normalize=False` keeps raw values. Workers start with each epoch (their share of the
+    epoch depends on the position), so there is no `persistent_workers`.
     """
     dataset = TrainStream(
         shard_dir,
@@ -415,6 +424,7 @@ def build_train_loader(
         world_size=world_size,
         num_workers=num_workers,
         batches_per_epoch=batches_per_epoch,
+        crops_per_window=crops_per_window,
         shuffle_buffer=shuffle_buffer,
         open_shards=open_shards,
         crop_frames=crop_frames,
