@@ -1,16 +1,15 @@
-"""The residual VQ-VAE: exact lookups, EMA arithmetic, dead-code restart, ranks that agree, training."""
+"""The residual VQ-VAE: exact lookups, EMA arithmetic, k-means, dead-code restart, ranks that agree, training."""
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from a2p.config.core import from_dict, to_dict
 from a2p.config.vq import VQConfig, vq_preset
-from a2p.models.vq import EMACodebook, ResidualVQ, build_vq
-
-
-def no_op(tensor):
-    return None
+from a2p.errors import ConfigError
+from a2p.models.quantize import LAPLACE_EPS, EMACodebook, ResidualVQ, no_op
+from a2p.models.vq import build_vq
 
 
 @pytest.fixture(autouse=True)
@@ -18,119 +17,193 @@ def one_thread():
     torch.set_num_threads(1)
 
 
-def test_codebook_vectors_quantize_to_themselves():
+def quantizer(codes=8, dim=4, levels=2, **kwargs) -> ResidualVQ:
+    return ResidualVQ(codes, dim, levels, **{"kmeans_iters": 3, "dead_fraction": 0.0, **kwargs})
+
+
+def initialized(q: ResidualVQ) -> ResidualVQ:
+    for book in q.codebooks:
+        book.initialized.fill_(True)
+    return q
+
+
+def test_decode_then_encode_returns_the_codes():
     torch.manual_seed(0)
-    book = EMACodebook(codes=16, dim=4, decay=0.9, dead_threshold=0.0, kmeans_iters=1)
-    index = book.assign(book.embed.clone())
-    assert torch.equal(index, torch.arange(16))
-    assert torch.equal(book.lookup(index), book.embed)
+    q = quantizer(codes=16, dim=4, levels=3).eval()
+    # Each level's vectors much smaller than the spacing of the level before: greedy residual
+    # quantization then recovers any combination exactly.
+    for level, book in enumerate(q.codebooks):
+        book.embed.copy_(torch.randn(16, 4) * 100.0 ** (-level))
+    codes = torch.randint(0, 16, (3, 7, 3))
+    assert torch.equal(q.encode(q.decode_codes(codes)), codes)
+    book = q.codebooks[0]
+    assert torch.equal(book.assign(book.embed.clone()), torch.arange(16))
 
 
 def test_ema_update_matches_a_hand_computation():
-    book = EMACodebook(codes=2, dim=1, decay=0.5, dead_threshold=0.0, kmeans_iters=1)
+    book = EMACodebook(codes=2, dim=1, decay=0.5, dead_fraction=0.0, kmeans_iters=1)
     book.embed.copy_(torch.tensor([[0.0], [10.0]]))
     book.embed_sum.copy_(book.embed)
     book.cluster_size.fill_(1.0)
-    x = torch.tensor([[1.0], [3.0], [9.0]])
-    book.update(x, book.assign(x), no_op, no_op)
-    # counts (2, 1), sums (4, 9): cluster = 0.5*1 + 0.5*(2, 1) = (1.5, 1.0); embed_sum = (0 + 2, 5 + 4.5)
+    x = torch.tensor([[1.0], [3.0], [9.0], [500.0]])
+    weight = torch.tensor([1.0, 1.0, 1.0, 0.0])  # the last row is padding: it must not count
+    counts, dead = book.update(x, book.assign(x), weight, no_op, no_op)
+    # counts (2, 1), sums (4, 9): N = 0.5 * 1 + 0.5 * (2, 1) = (1.5, 1); m = 0.5 * (0, 10) + 0.5 * (4, 9)
+    assert counts.tolist() == [2.0, 1.0] and not dead.any()
     assert torch.allclose(book.cluster_size, torch.tensor([1.5, 1.0]))
-    total, eps = 2.5, 1e-5
-    smoothed = (torch.tensor([1.5, 1.0]) + eps) / (total + 2 * eps) * total
+    assert torch.allclose(book.embed_sum.squeeze(1), torch.tensor([2.0, 9.5]))
+    total = 2.5
+    smoothed = (torch.tensor([1.5, 1.0]) + LAPLACE_EPS) / (total + 2 * LAPLACE_EPS) * total
     assert torch.allclose(book.embed.squeeze(1), torch.tensor([2.0, 9.5]) / smoothed)
+
+
+def test_kmeans_finds_separated_clusters():
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = (centres[:, None] + 0.1 * torch.randn(4, 50, 2)).reshape(-1, 2)
+    book = EMACodebook(codes=4, dim=2, decay=0.99, dead_fraction=0.0, kmeans_iters=10)
+    best = float("inf")
+    for seed in range(3):  # Lloyd can land in a local optimum from unlucky seeds; one of three suffices
+        torch.manual_seed(seed)
+        book.kmeans_init(x, torch.ones(200), no_op, no_op)
+        found = book.embed[book.assign(centres)]  # the code nearest each true centre
+        best = min(best, float((found - centres).abs().max()))
+    assert best < 0.1
+    assert bool(book.initialized) and book.cluster_size.sum() == 200
 
 
 def test_dead_codes_restart_on_data():
     torch.manual_seed(0)
-    book = EMACodebook(codes=4, dim=2, decay=0.9, dead_threshold=0.5, kmeans_iters=1)
+    book = EMACodebook(codes=4, dim=2, decay=0.9, dead_fraction=0.5, kmeans_iters=1)
     book.embed.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [100.0, 100.0], [-100.0, 50.0]]))
+    book.embed_sum.copy_(book.embed * 5.0)
     book.cluster_size.copy_(torch.tensor([5.0, 5.0, 0.1, 0.1]))
     x = torch.randn(32, 2) * 0.1
-    restarted = book.update(x, book.assign(x), no_op, no_op)
-    assert restarted == 2
-    for code in (2, 3):  # far-away unused codes now sit on data rows
+    codes = book.assign(x)
+    assert set(codes.tolist()) <= {0, 1}  # codes 2 and 3 are far from every row: unused
+    used = torch.bincount(codes, minlength=4).float()
+    usage = 0.9 * torch.tensor([5.0, 5.0, 0.1, 0.1]) + 0.1 * used  # after the EMA step
+    assert usage[2] < 0.5 * usage.mean() < usage[:2].min()  # 2 and 3 dead, 0 and 1 alive
+    _, dead = book.update(x, codes, torch.ones(32), no_op, no_op)
+    assert dead.tolist() == [False, False, True, True]
+    for code in (2, 3):  # they now sit on data rows, with the mean usage
         assert (x - book.embed[code]).abs().sum(1).min() < 1e-6
+        torch.testing.assert_close(book.cluster_size[code], usage.mean())
+    torch.testing.assert_close(book.cluster_size[:2], usage[:2])
+    live = book.embed[:2] - torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    assert live.abs().max() < 0.2  # live codes only moved a little by the EMA step
 
 
 def test_residual_levels_reduce_the_error():
     torch.manual_seed(0)
-    quantizer = ResidualVQ(VQConfig(code_dim=4, codes=8, levels=3, kmeans_iters=5, dead_threshold=0.0))
+    q = quantizer(codes=8, dim=4, levels=3, kmeans_iters=5)
     z = torch.randn(1, 256, 4)
-    quantizer.train()(z)
-    quantizer.eval()
-    _, codes, _ = quantizer(z)
-    errors = []
+    q.train()(z)
+    codes = q.eval().encode(z)
+    errors = [float(z.pow(2).mean())]
     for levels in range(1, 4):
-        partial = sum(quantizer.codebooks[i].lookup(codes[..., i]) for i in range(levels))
+        partial = sum(q.codebooks[i].lookup(codes[..., i]) for i in range(levels))
         errors.append(float((z - partial).pow(2).mean()))
-    assert errors[0] < float(z.pow(2).mean())
-    assert errors[2] < errors[1] < errors[0]
+    assert errors[3] < errors[2] < errors[1] < errors[0]
 
 
-def test_doubled_statistics_equal_a_duplicated_batch():
-    """An all-reduce over two identical ranks doubles counts and sums: one rank with the batch twice."""
+def test_commitment_reaches_the_encoder_through_the_first_level_only():
+    """As the reference: mean over levels of ||r_l - sg(q_l)||^2, only r_0 = z carrying gradient."""
     torch.manual_seed(0)
-    config = VQConfig(code_dim=4, codes=8, levels=2, kmeans_iters=3, dead_threshold=0.0)
+    q = initialized(quantizer(levels=3)).eval()
+    z = torch.randn(1, 10, 4, requires_grad=True)
+    out = q(z)
+    (grad,) = torch.autograd.grad(out.commitment, z)
+    q0 = q.codebooks[0].lookup(out.codes[..., 0])
+    (expected,) = torch.autograd.grad((z - q0).pow(2).mean() / 3, z)
+    torch.testing.assert_close(grad, expected)
+    residual, values = z.detach(), []
+    for level, book in enumerate(q.codebooks):
+        chosen = book.lookup(out.codes[..., level])
+        values.append((residual - chosen).pow(2).mean())
+        residual = residual - chosen
+    torch.testing.assert_close(out.commitment, torch.stack(values).mean())
+    torch.testing.assert_close(out.quantized, q.decode_codes(out.codes))
+
+
+def test_masked_rows_neither_learn_nor_count():
+    torch.manual_seed(0)
+    z = torch.randn(2, 30, 4)
+    garbage = z.clone()
+    garbage[:, 20:] = 1e3  # padding with absurd values
+    mask = torch.zeros(2, 30, dtype=torch.bool)
+    mask[:, :20] = True
+    plain, masked = initialized(quantizer()), initialized(quantizer())
+    masked.load_state_dict(plain.state_dict())
+    for _ in range(3):
+        a = plain.train()(z[:, :20])
+        b = masked.train()(garbage, mask)
+    torch.testing.assert_close(masked.state_dict(), plain.state_dict())
+    torch.testing.assert_close(a.commitment, b.commitment)
+
+
+def test_injected_all_reduce_of_two_identical_ranks_equals_the_doubled_batch():
+    """Two identical ranks sum to doubled counts and sums: one process with the batch twice."""
+    torch.manual_seed(0)
     z = torch.randn(2, 50, 4)
-    one, two = ResidualVQ(config), ResidualVQ(config)
-    for book in [*one.codebooks, *two.codebooks]:
-        book.initialized.fill_(True)
+    one, two = initialized(quantizer()), initialized(quantizer())
     two.load_state_dict(one.state_dict())
     calls = []
 
     def doubling(tensor):
-        calls.append(tensor.shape)
+        calls.append(tuple(tensor.shape))
         tensor.mul_(2)
 
     two.set_collectives(all_reduce=doubling)
     for _ in range(3):
         one.train()(torch.cat([z, z]))
         two.train()(z)
-    assert calls
-    for a, b in zip(one.codebooks, two.codebooks):
-        torch.testing.assert_close(a.embed, b.embed, rtol=1e-4, atol=1e-5)
+    assert calls == [(8, 5)] * 6  # one fused (counts | sums) reduction per level and step
+    torch.testing.assert_close(one.state_dict(), two.state_dict())
 
 
-def _rank_worker(
-    rank: int, world: int, init_file: str, state: dict | None, z: torch.Tensor, out: str
-) -> None:
+def _rank_worker(rank: int, world: int, init_file: str, state: dict, z: torch.Tensor, mask, out: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(100 + rank)  # ranks draw different random rows: only the broadcast aligns them
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    threshold = 0.0 if state is not None else 1.0
-    quantizer = ResidualVQ(VQConfig(code_dim=4, codes=8, levels=2, kmeans_iters=3, dead_threshold=threshold))
-    if state is not None:
-        quantizer.load_state_dict(state)
-        for book in quantizer.codebooks:
-            book.initialized.fill_(True)  # start from the same codebook: this run is about EMA sums
-    quantizer.set_collectives(all_reduce=dist.all_reduce, broadcast=lambda t: dist.broadcast(t, 0))
-    half = z.shape[0] // world
+    collectives = {"all_reduce": dist.all_reduce, "broadcast": lambda t: dist.broadcast(t, 0)}
+    half = slice(rank * z.shape[0] // world, (rank + 1) * z.shape[0] // world)
+    # 1. From one shared codebook, halves of a batch on two ranks learn what the whole batch does.
+    shared = quantizer(**collectives)
+    shared.load_state_dict(state)
     for _ in range(3):
-        quantizer.train()(z[rank * half : (rank + 1) * half])
-    torch.save(quantizer.state_dict(), f"{out}.rank{rank}")
+        shared.train()(z[half], mask[half])
+    # 2. Fresh codebooks: k-means seeds and restarted codes come from rank 0 on every rank
+    # (without Lloyd steps the seeds are the codebook).
+    fresh = quantizer(dead_fraction=0.5, **collectives)
+    seeded = quantizer(kmeans_iters=0, **collectives)
+    for _ in range(3):
+        fresh.train()(z[half], mask[half])
+        seeded.train()(z[half], mask[half])
+    states = {"shared": shared.state_dict(), "fresh": fresh.state_dict(), "seeded": seeded.state_dict()}
+    torch.save(states, f"{out}.rank{rank}")
     dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_learn_the_codebook_of_one_process(tmp_path):
+def test_two_gloo_ranks_agree_and_learn_the_codebook_of_one_process(tmp_path):
     torch.manual_seed(0)
-    config = VQConfig(code_dim=4, codes=8, levels=2, kmeans_iters=3, dead_threshold=0.0)
-    single = ResidualVQ(config)
-    for book in single.codebooks:
-        book.initialized.fill_(True)
+    single = initialized(quantizer())
     state = {k: v.clone() for k, v in single.state_dict().items()}
     z = torch.randn(8, 20, 4)
+    mask = torch.rand(8, 20) > 0.2
     for _ in range(3):
-        single.train()(z)
-    out = str(tmp_path / "rank0.pt")
-    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), state, z, out), nprocs=2, join=True)
-    ranked = torch.load(f"{out}.rank0")
-    for level in range(2):
-        torch.testing.assert_close(
-            ranked[f"codebooks.{level}.embed"], single.codebooks[level].embed, rtol=1e-5, atol=1e-6
-        )
+        single.train()(z, mask)
+    out = str(tmp_path / "state")
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), state, z, mask, out), nprocs=2, join=True)
+    rank0, rank1 = torch.load(f"{out}.rank0"), torch.load(f"{out}.rank1")
+    torch.testing.assert_close(rank0["shared"], single.state_dict(), rtol=1e-5, atol=1e-5)
+    for run in ("fresh", "seeded"):
+        for name, value in rank0[run].items():
+            assert torch.equal(value, rank1[run][name]), f"{run} {name}"
+    assert rank0["fresh"]["codebooks.0.initialized"]
 
 
-def test_vq_trains_down_and_decode_of_encode_is_stable():
+def test_vq_trains_down_and_encode_does_not_learn():
     torch.manual_seed(0)
     model = build_vq(vq_preset("debug"))
     x = torch.randn(4, 20, 104).cumsum(1) * 0.1
@@ -143,29 +216,46 @@ def test_vq_trains_down_and_decode_of_encode_is_stable():
         optimizer.step()
         losses.append(float(loss["recon"]))
     assert losses[-1] < 0.5 * losses[0]
-    assert "perplexity_l0" in stats and float(stats["perplexity_l0"]) >= 1.0
-    model.eval()
-    codes = model.encode(x)
+    assert set(stats) == {f"{name}_l{level}" for name in ("perplexity", "dead_codes") for level in (0, 1)}
+    assert 1.0 <= float(stats["perplexity_l0"]) <= 16.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    codes = model.train().encode(x)  # even in training mode, encoding learns nothing
+    torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
     assert codes.shape == (4, 20, 2) and codes.dtype == torch.long
-    again = model.encode(model.decode_codes(codes))
-    assert (again == codes).float().mean() > 0.5  # re-encoding the decoded poses mostly finds the same codes
-    assert torch.equal(model.encode(x), codes)  # eval mode does not learn
+    assert model.decode_codes(codes).shape == x.shape
+
+
+def test_padded_keyframes_change_nothing_and_the_encoder_is_causal():
+    torch.manual_seed(0)
+    config = vq_preset("debug")
+    config.velocity_weight = 1.0
+    model = build_vq(config).eval()
+    x = torch.randn(2, 12, 104)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[:, 9:] = False
+    changed = x.clone()
+    changed[:, 9:] = 100.0
+    _, a, _ = model(x, mask)
+    _, b, _ = model(changed, mask)
+    for name in ("loss", "recon", "commit", "velocity"):
+        torch.testing.assert_close(a[name], b[name])
+    assert torch.equal(model.encode(x)[:, :9], model.encode(changed)[:, :9])
+
+
+def test_paper_preset_is_the_reference_size_and_configs_round_trip():
+    model = build_vq(vq_preset("paper"))
+    # the reference's TemporalVertexCodec(104, 64, 1024, 4) without its unused project_mean_shape
+    assert sum(p.numel() for p in model.parameters()) == 79_528
+    assert [tuple(b.embed.shape) for b in model.quantizer.codebooks] == [(1024, 64)] * 4
+    assert model.encoder.receptive_field == 8
+    for size in ("paper", "debug"):
+        assert from_dict(VQConfig, to_dict(vq_preset(size))) == vq_preset(size)
 
 
 def test_bad_sizes_are_refused():
-    from a2p.errors import ConfigError
-
     with pytest.raises(ConfigError, match="vq.codes must be positive"):
         VQConfig(codes=0)
+    with pytest.raises(ConfigError, match="recon_loss.*not one of"):
+        from_dict(VQConfig, {"recon_loss": "l3"})
     with pytest.raises(ConfigError, match="unknown VQ size"):
         vq_preset("huge")
-
-
-def test_kmeans_and_restarts_keep_ranks_identical(tmp_path):
-    torch.manual_seed(0)
-    z = torch.randn(8, 20, 4)
-    out = str(tmp_path / "fresh")
-    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), None, z, out), nprocs=2, join=True)
-    rank0, rank1 = torch.load(f"{out}.rank0"), torch.load(f"{out}.rank1")
-    for name in rank0:
-        assert torch.equal(rank0[name], rank1[name]), name

@@ -1,4 +1,12 @@
-"""The guide transformer: an autoregressive model of the VQ tokens of 1 fps keyframes given audio."""
+"""The guide transformer: an autoregressive model of the VQ tokens of 1 fps keyframes given audio.
+
+`paper` is the reference's guide (model/guide.py with train_guide's `--layers 6 --dim 64` from
+its README): a FiLM transformer decoder of width 64, 6 layers, 4 heads, feed-forward 1024 and
+dropout 0.1 over 4 levels x 1024 VQ codes. Its audio passes two blocks of six dilated convs
+(dilations 1, 2, 3, 1, 2, 3, kernel 3, leaky ReLU, dropout 0.2) 1024 channels wide and a 1x1 conv
+before cross-attention; the audio is replaced by a learnt null condition with p = 0.2 while
+training, and the cross-entropy uses label smoothing 0.1.
+"""
 
 from __future__ import annotations
 
@@ -11,40 +19,61 @@ from a2p.errors import ConfigError
 
 @dataclass
 class GuideConfig:
-    """Sizes of the guide transformer; `codes` and `levels` must match the VQ it predicts."""
+    """Sizes of the guide transformer; `codes` and `levels` must match the VQ whose tokens it predicts."""
 
     codes: int = 1024
     """Codes per VQ level (the VQ's `codes`)."""
     levels: int = 4
-    """Residual VQ levels: tokens per keyframe."""
+    """Residual VQ levels: tokens per keyframe (the VQ's `levels`)."""
     audio_dim: int = FEATURE_DIMS["mel"]
     """Width of the 100 Hz audio features; must equal the featurizer's `dim`."""
-    width: int = 512
-    """Transformer width (8 heads of 64, the reference's `--dim 64`)."""
+    width: int = 64
+    """Transformer width (the reference's --dim 64)."""
     layers: int = 6
-    """Decoder layers (the reference's `--layers 6`)."""
-    heads: int = 8
-    """Attention heads."""
-    ff_dim: int = 2048
+    """FiLM decoder layers (the reference's --layers 6)."""
+    heads: int = 4
+    """Attention heads of every attention block."""
+    ff_dim: int = 1024
     """Hidden width of the feed-forward blocks."""
     dropout: float = 0.1
-    """Dropout in attention and feed-forward blocks while training."""
-    audio_dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
-    """Dilations of the residual conv stack the audio features pass before cross-attention."""
+    """Dropout on attention weights and sub-layer outputs while training."""
+    audio_width: int = 1024
+    """Channels of the audio conv stack (the reference's: as wide as its 1024 frozen audio features)."""
+    audio_dilations: tuple[int, ...] = (1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3)
+    """Dilations of the audio convs, one conv each."""
+    audio_kernel_size: int = 3
+    """Kernel size of the audio convs (odd: they keep the length and stay centred)."""
+    audio_dropout: float = 0.2
+    """Dropout after every audio conv while training."""
+    cond_drop_prob: float = 0.2
+    """Probability of replacing a clip's audio by the learnt null condition while training."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the training cross-entropy."""
+    rotary_theta: float = 10_000.0
+    """Base period of the rotary embeddings (token index in self-attention, time in cross-attention)."""
 
     def __post_init__(self) -> None:
-        for name in ("codes", "levels", "audio_dim", "width", "layers", "heads", "ff_dim"):
+        for name in ("codes", "levels", "audio_dim", "width", "layers", "heads", "ff_dim", "audio_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"guide.{name} must be positive, got {getattr(self, name)}")
         if self.width % self.heads or (self.width // self.heads) % 2:
             raise ConfigError(f"guide.width ({self.width}) must split into {self.heads} heads of even width")
+        if min(self.audio_dilations, default=1) < 1:
+            raise ConfigError(f"guide.audio_dilations must be positive, got {list(self.audio_dilations)}")
+        if self.audio_kernel_size < 1 or self.audio_kernel_size % 2 == 0:
+            raise ConfigError(f"guide.audio_kernel_size must be odd, got {self.audio_kernel_size}")
+        for name in ("dropout", "audio_dropout", "cond_drop_prob", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"guide.{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
 GUIDE_PRESETS = {
     "paper": GuideConfig(),
-    "debug": GuideConfig(codes=16, levels=2, width=32, layers=2, heads=2, ff_dim=64, audio_dilations=(1, 2)),
+    "debug": GuideConfig(
+        codes=16, levels=2, width=32, layers=2, heads=2, ff_dim=64, audio_width=32, audio_dilations=(1, 2)
+    ),
 }
-"""`paper`: 6 layers, heads of 64, over 4 levels x 1024 codes; `debug`: tiny (matches the debug VQ)."""
+"""`paper`: the reference's guide (width 64, 6 layers, over 4 x 1024 tokens); `debug`: tiny, matches the debug VQ."""
 
 
 def guide_preset(size: str) -> GuideConfig:

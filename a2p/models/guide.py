@@ -1,12 +1,25 @@
 """The guide transformer: audio -> VQ tokens of the 1 fps keyframe poses (after the reference's model/guide.py).
 
-Tokens of a clip are its VQ codes (B, T_k, L) flattened time-major: keyframe 0 level 0, keyframe 0
-level 1, ..., so token i is level i % L of keyframe i // L. A decoder-only FiLM transformer predicts
-token i from the tokens before it (causal self-attention with rotary positions) and from the audio
-(cross-attention to features that pass a residual dilated conv stack; FiLM from pooled audio).
+Tokens. A clip's VQ codes (B, T_k, L) are flattened time-major: keyframe 0 level 0, keyframe 0
+level 1, ..., so token i is level i % L of keyframe i // L. Input position i holds the token
+before it (a start token at position 0) and predicts token i. An input is embedded as token +
+level embedding (the level of the token it predicts); positions enter through rotary embeddings.
 
-`generate` samples tokens with nucleus (top-p) sampling and a key/value cache: the audio is encoded
-once per call, and each new token costs one position's compute.
+Network. A decoder-only FiLM transformer (the reference's FiLMTransformerDecoderLayer): per layer
+causal rotary self-attention, cross-attention to the audio, and a feed-forward block, each
+pre-normed, FiLM-modulated by the pooled audio and added to the residual stream. The 100 Hz audio
+features pass a stack of dilated convs, a projection to the model width and a layer norm before
+cross-attention; their mean, through a small MLP, is the FiLM vector.
+
+Time alignment. Self-attention rotates by token index. Cross-attention rotates by time on the
+axis the denoiser uses (motion frames): the query of token i sits at keyframe i // L, frame
+(i // L) * KEYFRAME_INTERVAL, and audio feature n at the centre of its sample block, so scores
+depend on how far a keyframe is from each piece of audio.
+
+Sampling. `generate` encodes the audio once per call, then samples token by token with nucleus
+(top-p) sampling and a key/value cache (each new token costs one position's compute). The uniform
+numbers the sampler inverts are drawn up front from the caller's generator (one per row, or one
+for the batch), so a row's tokens do not depend on what else is in the batch or on the cache.
 """
 
 from __future__ import annotations
@@ -18,138 +31,229 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from a2p.config.guide import GuideConfig
-from a2p.models.layers import Attention, FeedForward, FiLM, RotaryEmbedding, Rotation
+from a2p.constants import FEATURE_RATE_HZ, FPS, KEYFRAME_INTERVAL
+from a2p.models.layers import Attention, FeedForward, FiLM, KeyValue, RotaryEmbedding, Rotation
 
 Generators = torch.Generator | list[torch.Generator] | None
+"""One generator for the batch, one per row, or None for the default generator."""
+
+NEGATIVE_SLOPE = 0.2
+"""Slope of the leaky ReLUs of the audio conv stack (the reference's)."""
 
 
-class _AudioEncoder(nn.Module):
-    """Features (B, F, C) -> tokens (B, F, W): projection, residual dilated convs, pooled vector."""
+def audio_positions(length: int, device: torch.device) -> Tensor:
+    """Times (length,) of 100 Hz audio features in motion frames: the centres of their sample blocks."""
+    n = torch.arange(length, device=device, dtype=torch.float32)
+    return (n + 0.5) * (FPS / FEATURE_RATE_HZ) - 0.5
 
-    def __init__(self, audio_dim: int, width: int, dilations: tuple[int, ...]) -> None:
+
+class AudioConvStack(nn.Module):
+    """Features (B, F, C) -> (B, F, W): dilated convs with leaky ReLU and dropout, then a 1x1 conv.
+
+    Convs are zero-padded to keep the length, so output n stays centred on feature n.
+    """
+
+    def __init__(
+        self, in_dim: int, width: int, dilations: tuple[int, ...], kernel_size: int, dropout: float
+    ) -> None:
         super().__init__()
-        self.project = nn.Linear(audio_dim, width)
-        self.convs = nn.ModuleList(nn.Conv1d(width, width, 3, padding=d, dilation=d) for d in dilations)
-        self.norm = nn.LayerNorm(width)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(
+                in_dim if i == 0 else width,
+                width,
+                kernel_size,
+                dilation=d,
+                padding=d * (kernel_size - 1) // 2,
+            )
+            for i, d in enumerate(dilations)
+        )
+        self.out = nn.Conv1d(width if dilations else in_dim, width, 1)
+        self.dropout = nn.Dropout(dropout)
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.project(features).transpose(1, 2)  # (B, W, F)
+    def forward(self, features: Tensor) -> Tensor:
+        h = features.transpose(1, 2)  # (B, C, F)
         for conv in self.convs:
-            h = h + F.gelu(conv(h))
-        tokens = self.norm(h.transpose(1, 2))  # (B, F, W)
-        return tokens, tokens.mean(dim=1)
-
-
-class _Layer(nn.Module):
-    def __init__(self, width: int, heads: int, ff_dim: int, dropout: float) -> None:
-        super().__init__()
-        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(3))
-        self.films = nn.ModuleList(FiLM(width, width) for _ in range(3))
-        self.self_attention = Attention(width, heads, dropout)
-        self.cross_attention = Attention(width, heads, dropout)
-        self.feed_forward = FeedForward(width, ff_dim, dropout)
+            h = self.dropout(F.leaky_relu(conv(h), NEGATIVE_SLOPE))
+        return self.out(h).transpose(1, 2)  # (B, F, W)
 
 
 @dataclass
-class _Cache:
-    """Keys and values of the tokens seen so far, per layer, each (B, H, n, D_head)."""
+class AudioMemory:
+    """A clip's audio as the decoder reads it, computed once per `generate` call."""
 
-    keys: list[Tensor]
-    values: list[Tensor]
-    audio_kv: list[tuple[Tensor, Tensor]]
+    kv: list[KeyValue]
+    """Per layer: cross-attention keys (rotated to audio times) and values, each (B, H, F, W / H)."""
     pooled: Tensor
-    length: int = 0
+    """(B, W) FiLM conditioning vector."""
+
+
+class KVCache:
+    """Self-attention keys and values of the positions decoded so far, in buffers preallocated per layer."""
+
+    def __init__(self, layers: int, capacity: int) -> None:
+        self.keys: list[Tensor | None] = [None] * layers
+        self.values: list[Tensor | None] = [None] * layers
+        self.capacity = capacity
+        self.length = 0
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> KeyValue:
+        """Store k, v (B, H, n, D) after the cached positions; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"key/value cache holds {self.capacity} positions, asked for {end}")
+        if self.keys[layer] is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.keys[layer] = k.new_empty(shape)
+            self.values[layer] = v.new_empty(shape)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
+
+
+class GuideLayer(nn.Module):
+    """Pre-norm FiLM decoder layer: causal self-attention (with an optional cache), cross-attention, feed-forward."""
+
+    def __init__(self, width: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(width)
+        self.self_attention = Attention(width, heads, dropout)
+        self.film_self = FiLM(width, width)
+        self.norm_cross = nn.LayerNorm(width)
+        self.cross_attention = Attention(width, heads, dropout)
+        self.film_cross = FiLM(width, width)
+        self.norm_ff = nn.LayerNorm(width)
+        self.ff = FeedForward(width, ff_dim, dropout)
+        self.film_ff = FiLM(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        audio_kv: KeyValue,
+        pooled: Tensor,
+        self_rotation: Rotation,
+        cross_rotation: Rotation,
+        cache: KVCache | None = None,
+        index: int = 0,
+    ) -> Tensor:
+        """x (B, n, W) at positions after those in `cache` -> (B, n, W)."""
+        h = self.norm_self(x)
+        q = self.self_attention.query(h, self_rotation)  # (B, H, n, D)
+        k, v = self.self_attention.key_value(h, self_rotation)
+        if cache is not None:
+            k, v = cache.append(index, k, v)
+        if 1 < q.shape[2] != k.shape[2]:
+            raise ValueError("with cached positions, decode one token at a time")
+        # n queries over n keys: causal; one query over all keys before it: nothing to mask.
+        a = self.self_attention.attend(q, k, v, is_causal=q.shape[2] > 1)
+        x = x + self.film_self(self.dropout(a), pooled)
+        q = self.cross_attention.query(self.norm_cross(x), cross_rotation)
+        x = x + self.film_cross(self.dropout(self.cross_attention.attend(q, *audio_kv)), pooled)
+        return x + self.film_ff(self.dropout(self.ff(self.norm_ff(x))), pooled)
 
 
 class GuideTransformer(nn.Module):
-    """Autoregressive model of VQ tokens given audio features."""
+    """Autoregressive model of the VQ tokens of keyframes given 100 Hz audio features."""
 
     def __init__(self, config: GuideConfig) -> None:
         super().__init__()
-        self.config = config
-        w = config.width
-        self.bos = config.codes  # the extra token that starts every sequence
-        self.token_embedding = nn.Embedding(config.codes + 1, w)
-        self.level_embedding = nn.Embedding(config.levels, w)
-        self.audio = _AudioEncoder(config.audio_dim, w, config.audio_dilations)
-        self.rotary = RotaryEmbedding(w // config.heads)
-        self.layers = nn.ModuleList(
-            _Layer(w, config.heads, config.ff_dim, config.dropout) for _ in range(config.layers)
+        self.config = c = config
+        self.start_token = c.codes
+        self.token_embedding = nn.Embedding(c.codes + 1, c.width)
+        self.level_embedding = nn.Embedding(c.levels, c.width)
+        self.rotary = RotaryEmbedding(c.width // c.heads, c.rotary_theta)
+        self.audio_convs = AudioConvStack(
+            c.audio_dim, c.audio_width, c.audio_dilations, c.audio_kernel_size, c.audio_dropout
         )
-        self.out_norm = nn.LayerNorm(w)
-        self.head = nn.Linear(w, config.codes)
+        self.audio_in = nn.Linear(c.audio_width, c.width)
+        self.audio_norm = nn.LayerNorm(c.width)
+        self.pool_mlp = nn.Sequential(
+            nn.LayerNorm(c.width), nn.Linear(c.width, c.width), nn.SiLU(), nn.Linear(c.width, c.width)
+        )
+        self.null_audio = nn.Parameter(0.02 * torch.randn(c.width))
+        self.null_pooled = nn.Parameter(0.02 * torch.randn(c.width))
+        self.layers = nn.ModuleList(
+            GuideLayer(c.width, c.heads, c.ff_dim, c.dropout) for _ in range(c.layers)
+        )
+        self.out_norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.codes)
 
-    # --- shared pieces -------------------------------------------------------------------------
+    # --- conditioning --------------------------------------------------------------------------
 
-    def _embed(self, inputs: Tensor, start: int) -> Tensor:
-        """Embeddings (B, n, W) of input tokens (B, n) at sequence positions start .. start + n - 1."""
+    def encode_audio(self, features: Tensor, keep_mask: Tensor | None = None) -> AudioMemory:
+        """The memory of features (B, F, C); rows whose keep_mask (B,) is False get the null condition."""
+        if features.shape[0] > 1 and features.stride(0) == 0 and keep_mask is None:
+            # One clip expanded over repetitions: encode it once, share the result.
+            one = self.encode_audio(features[:1])
+            size = features.shape[0]
+            return AudioMemory(
+                [(k.expand(size, -1, -1, -1), v.expand(size, -1, -1, -1)) for k, v in one.kv],
+                one.pooled.expand(size, -1),
+            )
+        tokens = self.audio_in(self.audio_convs(features))  # (B, F, W)
+        pooled = self.pool_mlp(tokens.mean(dim=1))  # (B, W)
+        if keep_mask is not None:
+            keep = keep_mask.to(tokens.device)
+            tokens = torch.where(keep[:, None, None], tokens, self.null_audio.to(tokens.dtype))
+            pooled = torch.where(keep[:, None], pooled, self.null_pooled.to(pooled.dtype))
+        memory = self.audio_norm(tokens)
+        rotation = self.rotary(audio_positions(memory.shape[1], memory.device))
+        kv = [layer.cross_attention.key_value(memory, rotation) for layer in self.layers]
+        return AudioMemory(kv, pooled)
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def decode(self, inputs: Tensor, start: int, memory: AudioMemory, cache: KVCache | None = None) -> Tensor:
+        """Logits (B, n, codes) after input tokens (B, n) at positions start .. start + n - 1."""
+        levels = self.config.levels
         positions = torch.arange(start, start + inputs.shape[1], device=inputs.device)
-        return self.token_embedding(inputs) + self.level_embedding(positions % self.config.levels)
-
-    def _rotation(self, start: int, length: int, device: torch.device) -> Rotation:
-        return self.rotary(torch.arange(start, start + length, device=device, dtype=torch.float32))
-
-    def _run_layers(
-        self,
-        h: Tensor,
-        pooled: Tensor,
-        audio_kv: list[tuple[Tensor, Tensor]],
-        rotation: Rotation,
-        cache: _Cache | None,
-    ) -> Tensor:
+        h = self.token_embedding(inputs) + self.level_embedding(positions % levels)  # (B, n, W)
+        self_rotation = self.rotary(positions.float())
+        cross_rotation = self.rotary((positions // levels).float() * KEYFRAME_INTERVAL)
         for index, layer in enumerate(self.layers):
-            x = layer.films[0](layer.norms[0](h), pooled)
-            q = layer.self_attention.query(x, rotation)
-            k, v = layer.self_attention.key_value(x, rotation)
-            if cache is not None and cache.length:
-                k = torch.cat((cache.keys[index], k), dim=2)
-                v = torch.cat((cache.values[index], v), dim=2)
-            if cache is not None:
-                if len(cache.keys) > index:
-                    cache.keys[index], cache.values[index] = k, v
-                else:
-                    cache.keys.append(k)
-                    cache.values.append(v)
-            # Without a cache (or when prefilling) queries and keys start together: causal mask.
-            # One cached query attends to every key before it: no mask.
-            causal = q.shape[2] == k.shape[2] and q.shape[2] > 1
-            if q.shape[2] != k.shape[2] and q.shape[2] > 1:
-                raise ValueError("a cached step takes one token at a time")
-            h = h + layer.self_attention.attend(q, k, v, is_causal=causal)
-            x = layer.films[1](layer.norms[1](h), pooled)
-            h = h + layer.cross_attention.attend(layer.cross_attention.query(x), *audio_kv[index])
-            h = h + layer.feed_forward(layer.films[2](layer.norms[2](h), pooled))
-        return self.head(self.out_norm(h))  # (B, n, codes)
+            h = layer(h, memory.kv[index], memory.pooled, self_rotation, cross_rotation, cache, index)
+        if cache is not None:
+            cache.length += inputs.shape[1]
+        return self.head(self.out_norm(h))
 
-    def encode_audio(self, features: Tensor) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-        """Per-layer cross-attention keys/values of the audio, and the pooled FiLM vector."""
-        tokens, pooled = self.audio(features)
-        return [layer.cross_attention.key_value(tokens) for layer in self.layers], pooled
+    def _inputs(self, tokens: Tensor) -> Tensor:
+        """The start token followed by tokens (B, N) -> (B, N + 1)."""
+        start = torch.full((tokens.shape[0], 1), self.start_token, dtype=torch.long, device=tokens.device)
+        return torch.cat((start, tokens.long()), dim=1)
 
     # --- training ------------------------------------------------------------------------------
 
-    def logits(self, codes: Tensor, features: Tensor) -> Tensor:
+    def logits(self, codes: Tensor, features: Tensor, keep_mask: Tensor | None = None) -> Tensor:
         """Next-token logits (B, T_k * L, codes) for codes (B, T_k, L) under teacher forcing."""
-        batch = codes.shape[0]
-        flat = codes.reshape(batch, -1)  # (B, N)
-        bos = torch.full((batch, 1), self.bos, dtype=flat.dtype, device=flat.device)
-        inputs = torch.cat((bos, flat[:, :-1]), dim=1)
-        audio_kv, pooled = self.encode_audio(features)
-        rotation = self._rotation(0, inputs.shape[1], inputs.device)
-        return self._run_layers(self._embed(inputs, 0), pooled, audio_kv, rotation, cache=None)
+        flat = codes.reshape(codes.shape[0], -1)  # (B, N)
+        memory = self.encode_audio(features, keep_mask)
+        return self.decode(self._inputs(flat[:, :-1]), 0, memory)
 
-    def forward(self, codes: Tensor, features: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        """Cross-entropy of codes (B, T_k, L) given features; mask (B, T_k) marks valid keyframes."""
-        logits = self.logits(codes, features)
-        target = codes.reshape(codes.shape[0], -1)
-        per_token = F.cross_entropy(logits.transpose(1, 2).float(), target, reduction="none")  # (B, N)
+    def forward(
+        self, codes: Tensor, features: Tensor, mask: Tensor | None = None, keep_mask: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Cross-entropy of codes (B, T_k, L) given features (B, F, C); mask (B, T_k) marks valid keyframes.
+
+        While training, each row's audio is dropped with probability `cond_drop_prob` unless
+        keep_mask (B,) says which rows keep theirs.
+        """
+        batch = codes.shape[0]
+        if keep_mask is None and self.training and self.config.cond_drop_prob > 0:
+            keep_mask = torch.rand(batch, device=codes.device) >= self.config.cond_drop_prob
+        logits = self.logits(codes, features, keep_mask).float()  # (B, N, codes)
+        target = codes.reshape(batch, -1)  # (B, N)
+        per_token = F.cross_entropy(
+            logits.transpose(1, 2), target, reduction="none", label_smoothing=self.config.label_smoothing
+        )
         weight = (
             torch.ones_like(per_token)
             if mask is None
-            else mask.repeat_interleave(self.config.levels, 1).float()
+            else mask.to(per_token.device).repeat_interleave(self.config.levels, dim=1).float()
         )
-        loss = (per_token * weight).sum() / weight.sum().clamp(min=1.0)
-        accuracy = ((logits.argmax(-1) == target).float() * weight).sum() / weight.sum().clamp(min=1.0)
+        denom = weight.sum().clamp(min=1.0)
+        loss = (per_token * weight).sum() / denom
+        accuracy = ((logits.argmax(-1) == target).float() * weight).sum() / denom
         return {"loss": loss, "accuracy": accuracy.detach()}
 
     # --- sampling ------------------------------------------------------------------------------
@@ -167,37 +271,53 @@ class GuideTransformer(nn.Module):
         use_cache: bool = True,
         return_logits: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Sample codes (B, num_steps, L) after `prefix` (B, P, L) given features (B, F, C).
+        """Sample codes (B, num_steps, L) of the keyframes after `prefix` (B, P, L), given features (B, F, C).
 
-        One generator, or one per row (repetitions whose draws must not depend on their batch).
-        `use_cache=False` recomputes the whole prefix for every token, as the reference does.
+        The features cover the prefix's keyframes and the new ones (keyframe k of the window at
+        frame k * KEYFRAME_INTERVAL). `generator` is one generator or one per row (repetitions
+        whose draws must not depend on the batch); `temperature` 0 takes the most likely token.
+        `use_cache=False` recomputes every position for every token, as the reference does; with
+        `return_logits` the float32 logits (B, num_steps * L, codes) of every sampled token come too.
         """
-        batch, levels = features.shape[0], self.config.levels
-        device = features.device
-        tokens = torch.full((batch, 1), self.bos, dtype=torch.long, device=device)
-        if prefix is not None:
-            tokens = torch.cat((tokens, prefix.reshape(batch, -1).to(device)), dim=1)
-        audio_kv, pooled = self.encode_audio(features)
-        cache = _Cache([], [], audio_kv, pooled) if use_cache else None
+        batch, levels, device = features.shape[0], self.config.levels, features.device
+        count = num_steps * levels
+        known = (
+            prefix.reshape(batch, -1).to(device).long()
+            if prefix is not None
+            else features.new_zeros((batch, 0), dtype=torch.long)
+        )
+        uniforms = draw_uniforms(generator, batch, count, device)  # (B, count)
+        memory = self.encode_audio(features)
+        cache = KVCache(len(self.layers), known.shape[1] + count) if use_cache else None
+        inputs = self._inputs(known)  # (B, P * L + 1)
         new, step_logits = [], []
-        for _ in range(num_steps * levels):
-            if cache is not None:
-                fresh = tokens[:, cache.length :]
-                rotation = self._rotation(cache.length, fresh.shape[1], device)
-                logits = self._run_layers(self._embed(fresh, cache.length), pooled, audio_kv, rotation, cache)
-                cache.length = tokens.shape[1]
-            else:
-                rotation = self._rotation(0, tokens.shape[1], device)
-                logits = self._run_layers(self._embed(tokens, 0), pooled, audio_kv, rotation, None)
-            last = logits[:, -1].float()  # (B, codes)
-            step_logits.append(last)
-            token = sample_top_p(last, top_p, temperature, generator)
+        for step in range(count):
+            if cache is None:
+                logits = self.decode(inputs, 0, memory)[:, -1]
+            else:  # first the start token and prefix together, then one token at a time
+                fresh = inputs[:, cache.length :]
+                logits = self.decode(fresh, cache.length, memory, cache)[:, -1]
+            logits = logits.float()  # (B, codes)
+            token = sample_top_p(logits, top_p, temperature, uniforms[:, step])
             new.append(token)
-            tokens = torch.cat((tokens, token[:, None]), dim=1)
-        codes = torch.stack(new, dim=1).view(batch, num_steps, levels)
+            if return_logits:
+                step_logits.append(logits)
+            inputs = torch.cat((inputs, token[:, None]), dim=1)
+        codes = torch.stack(new, dim=1) if new else known.new_zeros((batch, 0))
+        codes = codes.view(batch, num_steps, levels)
         if return_logits:
-            return codes, torch.stack(step_logits, dim=1)
+            empty = features.new_zeros((batch, 0, self.config.codes), dtype=torch.float32)
+            return codes, torch.stack(step_logits, dim=1) if step_logits else empty
         return codes
+
+
+def draw_uniforms(generator: Generators, batch: int, count: int, device: torch.device) -> Tensor:
+    """Uniform numbers (B, count) in [0, 1): row b from generator[b] when given one per row."""
+    if isinstance(generator, list):
+        if len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for a batch of {batch}")
+        return torch.stack([torch.rand(count, generator=g, device=device) for g in generator])
+    return torch.rand((batch, count), generator=generator, device=device)
 
 
 def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
@@ -210,19 +330,30 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     probs = logits.softmax(dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the tokens ranked above each one
-    drop_sorted = before >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    outside = before >= top_p
+    outside[:, 0] = False  # the most likely token always stays
+    drop = torch.zeros_like(outside).scatter(-1, order, outside)
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_top_p(logits: Tensor, top_p: float, temperature: float, generator: Generators) -> Tensor:
-    """One token per row (B,) from logits (B, K) by nucleus sampling at `temperature`."""
-    probs = top_p_filter(logits / max(temperature, 1e-6), top_p).softmax(dim=-1)
-    if isinstance(generator, list):
-        return torch.cat(
-            [torch.multinomial(row[None], 1, generator=g)[:, 0] for row, g in zip(probs, generator)]
-        )
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+def sample_top_p(logits: Tensor, top_p: float, temperature: float, uniform: Tensor) -> Tensor:
+    """One token (B,) per row of logits (B, K) by nucleus sampling, inverting the CDF at uniform (B,).
+
+    The nucleus is kept in descending probability order; a token is the first whose cumulative
+    (renormalised) probability exceeds the row's uniform number. No host synchronisation.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = (logits / temperature).softmax(dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)  # (B, K)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    outside = before >= top_p
+    outside[:, 0] = False
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    cdf = sorted_probs.cumsum(dim=-1)  # (B, K)
+    target = (uniform.to(cdf.dtype) * cdf[:, -1])[:, None]  # (B, 1)
+    rank = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
+    return order.gather(-1, rank)[:, 0]
 
 
 def build_guide(config: GuideConfig) -> GuideTransformer:

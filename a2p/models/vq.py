@@ -1,217 +1,146 @@
 """The body residual VQ-VAE that tokenizes 1 fps keyframe poses (after the reference's model/vqvae.py).
 
-keyframes (B, T_k, 104) -> temporal conv encoder -> z (B, T_k, code_dim) -> residual VQ over
-`levels` EMA codebooks -> codes (B, T_k, levels) -> sum of code vectors -> conv decoder.
+keyframes (B, T_k, 104) -> causal temporal conv encoder -> z (B, T_k, code_dim) -> residual VQ over
+`levels` EMA codebooks (`a2p.models.quantize`) -> codes (B, T_k, levels) -> sum of code vectors ->
+causal temporal conv decoder -> keyframes (B, T_k, 104).
 
-Codebooks learn by exponential moving averages of assigned vectors (van den Oord et al. 2017,
-App. A.1), with Laplace-smoothed counts, k-means initialisation on the first training batch and
-restart of dead codes on data. Under data parallelism every rank must hold the same codebook:
-the statistics pass through an injected `all_reduce` (in-place sum over ranks), and whatever is
-drawn from data (k-means seeds, restarted codes) is taken on rank 0 and sent by an injected
-`broadcast`. Without a process group both default to no-ops.
+Both conv stacks are causal: the input is padded on the left once by the receptive field minus
+one and the dilated convs are unpadded, so keyframe k depends on keyframes k - receptive_field + 1
+.. k only (8 keyframes in `paper`). Gradients cross the quantizer by the straight-through
+estimator; the codebooks learn by EMA, with statistics summed over data-parallel ranks through the
+collectives injected with `BodyVQ(config, all_reduce=..., broadcast=...)` or
+`BodyVQ.quantizer.set_collectives`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from a2p.config.vq import VQConfig
+from a2p.models.quantize import Collective, ResidualVQ
 
-Collective = Callable[[Tensor], None]
-"""An in-place collective on one tensor (e.g. `torch.distributed.all_reduce`)."""
-
-LAPLACE_EPS = 1e-5
-
-
-def _no_op(tensor: Tensor) -> None:
-    return None
+NEGATIVE_SLOPE = 0.2
+"""Slope of the leaky ReLUs between the convs (the reference's)."""
 
 
-class EMACodebook(nn.Module):
-    """One codebook of `codes` vectors of width `dim`, learnt by EMA rather than by gradients."""
+class CausalConvStack(nn.Module):
+    """Causal 1-D convs over (B, C, T): dilated convs between optional 1x1 projections.
 
-    def __init__(self, codes: int, dim: int, decay: float, dead_threshold: float, kmeans_iters: int) -> None:
-        super().__init__()
-        self.codes, self.dim, self.decay = codes, dim, decay
-        self.dead_threshold, self.kmeans_iters = dead_threshold, kmeans_iters
-        self.register_buffer("embed", torch.randn(codes, dim))
-        self.register_buffer("cluster_size", torch.ones(codes))
-        self.register_buffer("embed_sum", self.embed.clone())
-        self.register_buffer("initialized", torch.tensor(False))
+    The encoder is `1x1 in -> dilated convs` and the decoder `dilated convs -> 1x1 out`, each
+    conv followed by a leaky ReLU except the last one.
+    """
 
-    def assign(self, x: Tensor) -> Tensor:
-        """Index (N,) of the nearest code of each row of x (N, dim)."""
-        distances = (
-            x.pow(2).sum(1, keepdim=True) - 2 * x @ self.embed.t() + self.embed.pow(2).sum(1)[None]
-        )  # (N, K)
-        return distances.argmin(dim=1)
-
-    def lookup(self, codes: Tensor) -> Tensor:
-        return F.embedding(codes, self.embed)
-
-    @torch.no_grad()
-    def kmeans_init(self, x: Tensor, all_reduce: Collective, broadcast: Collective, generator=None) -> None:
-        """Lloyd's k-means on x (N, dim): seeds from rank 0's rows, statistics summed over ranks."""
-        picks = torch.randint(x.shape[0], (self.codes,), device=x.device, generator=generator)
-        centroids = x[picks].clone()
-        broadcast(centroids)
-        for _ in range(self.kmeans_iters):
-            self.embed.copy_(centroids)
-            onehot = F.one_hot(self.assign(x), self.codes).type(x.dtype)  # (N, K)
-            counts, sums = onehot.sum(0), onehot.t() @ x
-            all_reduce(counts)
-            all_reduce(sums)
-            filled = counts > 0
-            centroids[filled] = sums[filled] / counts[filled, None]
-        self.embed.copy_(centroids)
-        self.embed_sum.copy_(centroids)
-        self.cluster_size.fill_(1.0)
-        self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def update(
-        self, x: Tensor, codes: Tensor, all_reduce: Collective, broadcast: Collective, generator=None
-    ) -> int:
-        """EMA update from the rows x (N, dim) assigned to `codes` (N,); returns the codes restarted."""
-        onehot = F.one_hot(codes, self.codes).type(x.dtype)  # (N, K)
-        counts, sums = onehot.sum(0), onehot.t() @ x
-        all_reduce(counts)
-        all_reduce(sums)
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + LAPLACE_EPS) / (total + self.codes * LAPLACE_EPS) * total
-        self.embed.copy_(self.embed_sum / smoothed[:, None])
-
-        dead = self.cluster_size < self.dead_threshold
-        restarted = int(dead.sum())
-        if restarted:
-            # Restart dead codes on data rows drawn on rank 0 and shared, so ranks stay identical.
-            picks = torch.randint(x.shape[0], (self.codes,), device=x.device, generator=generator)
-            replacement = x[picks].clone()
-            broadcast(replacement)
-            self.embed[dead] = replacement[dead]
-            self.embed_sum[dead] = replacement[dead] * self.dead_threshold
-            self.cluster_size[dead] = self.dead_threshold
-        return restarted
-
-
-class ResidualVQ(nn.Module):
-    """`levels` codebooks, each quantizing what the previous levels left over."""
-
-    def __init__(self, config: VQConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.codebooks = nn.ModuleList(
-            EMACodebook(
-                config.codes, config.code_dim, config.decay, config.dead_threshold, config.kmeans_iters
-            )
-            for _ in range(config.levels)
-        )
-        self.all_reduce: Collective = _no_op
-        self.broadcast: Collective = _no_op
-
-    def set_collectives(
-        self, all_reduce: Collective | None = None, broadcast: Collective | None = None
+    def __init__(
+        self,
+        in_dim: int,
+        width: int,
+        out_dim: int,
+        kernel_size: int,
+        dilations: tuple[int, ...],
+        project_in: bool,
     ) -> None:
-        """Inject the data-parallel collectives (sum in place; broadcast from rank 0)."""
-        self.all_reduce = all_reduce or _no_op
-        self.broadcast = broadcast or _no_op
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Quantize z (B, T, D): (quantized (B, T, D), codes (B, T, L), stats). Learns in training mode."""
-        flat = z.reshape(-1, z.shape[-1]).float()  # (N, D)
-        residual, quantized = flat, torch.zeros_like(flat)
-        codes, stats = [], {}
-        for level, codebook in enumerate(self.codebooks):
-            if self.training and not bool(codebook.initialized):
-                codebook.kmeans_init(residual, self.all_reduce, self.broadcast)
-            index = codebook.assign(residual)
-            if self.training:
-                restarted = codebook.update(residual, index, self.all_reduce, self.broadcast)
-                stats[f"dead_codes_l{level}"] = torch.tensor(float(restarted))
-                index = codebook.assign(residual)
-            chosen = codebook.lookup(index)
-            quantized = quantized + chosen
-            residual = residual - chosen
-            usage = torch.bincount(index, minlength=codebook.codes).float()
-            probs = usage / usage.sum()
-            stats[f"perplexity_l{level}"] = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
-            codes.append(index)
-        return quantized.view_as(z).to(z.dtype), torch.stack(codes, dim=-1).view(*z.shape[:-1], -1), stats
-
-    def decode_codes(self, codes: Tensor) -> Tensor:
-        """Sum of the code vectors of codes (B, T, L) -> (B, T, D)."""
-        return sum(cb.lookup(codes[..., level]) for level, cb in enumerate(self.codebooks))
-
-
-def _conv_stack(in_dim: int, width: int, out_dim: int, blocks: int) -> nn.Sequential:
-    """Conv1d in -> `blocks` residual dilated conv blocks -> conv out; time length is kept."""
-    layers: list[nn.Module] = [nn.Conv1d(in_dim, width, 3, padding=1)]
-    for block in range(blocks):
-        layers.append(_ResBlock(width, dilation=3**block))
-    layers += [nn.ReLU(), nn.Conv1d(width, out_dim, 3, padding=1)]
-    return nn.Sequential(*layers)
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, width: int, dilation: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv1d(width, width, 3, padding=dilation, dilation=dilation),
-            nn.ReLU(),
-            nn.Conv1d(width, width, 1),
-        )
+        convs: list[nn.Conv1d] = [nn.Conv1d(in_dim, width, 1)] if project_in else []
+        for i, dilation in enumerate(dilations):
+            c_in = width if project_in or i else in_dim
+            c_out = out_dim if project_in and i == len(dilations) - 1 else width
+            convs.append(nn.Conv1d(c_in, c_out, kernel_size, dilation=dilation))
+        if not project_in:
+            convs.append(nn.Conv1d(width, out_dim, 1))
+        self.convs = nn.ModuleList(convs)
+        self.receptive_field = 1 + (kernel_size - 1) * sum(dilations)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+        """x (B, C_in, T) -> (B, C_out, T)."""
+        x = F.pad(x, (self.receptive_field - 1, 0))
+        for i, conv in enumerate(self.convs):
+            if i:
+                x = F.leaky_relu(x, NEGATIVE_SLOPE)
+            x = conv(x)
+        return x
 
 
 class BodyVQ(nn.Module):
     """Encoder, residual VQ and decoder over keyframe poses (B, T_k, pose_dim)."""
 
-    def __init__(self, config: VQConfig) -> None:
+    def __init__(
+        self, config: VQConfig, all_reduce: Collective | None = None, broadcast: Collective | None = None
+    ) -> None:
         super().__init__()
-        self.config = config
-        self.encoder = _conv_stack(config.pose_dim, config.width, config.code_dim, config.blocks)
-        self.quantizer = ResidualVQ(config)
-        self.decoder = _conv_stack(config.code_dim, config.width, config.pose_dim, config.blocks)
+        self.config = c = config
+        self.encoder = CausalConvStack(c.pose_dim, c.width, c.code_dim, c.kernel_size, c.dilations, True)
+        self.quantizer = ResidualVQ(
+            c.codes,
+            c.code_dim,
+            c.levels,
+            decay=c.decay,
+            dead_fraction=c.dead_fraction,
+            kmeans_iters=c.kmeans_iters,
+            all_reduce=all_reduce,
+            broadcast=broadcast,
+        )
+        self.decoder = CausalConvStack(c.code_dim, c.width, c.pose_dim, c.kernel_size, c.dilations, False)
 
     def encode_latent(self, x: Tensor) -> Tensor:
-        return self.encoder(x.transpose(1, 2)).transpose(1, 2)  # (B, T_k, code_dim)
+        """Latents (B, T_k, code_dim) of keyframes x (B, T_k, pose_dim)."""
+        return self.encoder(x.transpose(1, 2)).transpose(1, 2)
 
     def decode_latent(self, z: Tensor) -> Tensor:
-        return self.decoder(z.transpose(1, 2)).transpose(1, 2)  # (B, T_k, pose_dim)
+        """Keyframes (B, T_k, pose_dim) of latents z (B, T_k, code_dim)."""
+        return self.decoder(z.transpose(1, 2)).transpose(1, 2)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Codes (B, T_k, levels) of keyframes x (B, T_k, pose_dim)."""
-        return self.quantizer(self.encode_latent(x))[1]
+        """Codes (B, T_k, levels), long, of keyframes x (B, T_k, pose_dim); never learns."""
+        return self.quantizer.encode(self.encode_latent(x))
 
     def decode_codes(self, codes: Tensor) -> Tensor:
         """Keyframes (B, T_k, pose_dim) of codes (B, T_k, levels)."""
-        return self.decode_latent(self.quantizer.decode_codes(codes))
+        z = self.quantizer.decode_codes(codes)  # (B, T_k, code_dim), float32 codebooks
+        return self.decode_latent(z.to(self.decoder.convs[0].weight.dtype))
+
+    def _distance(self, x_hat: Tensor, x: Tensor) -> Tensor:
+        """Reconstruction loss per keyframe, averaged over channels -> (B, T)."""
+        if self.config.recon_loss == "mse":
+            return (x_hat - x).pow(2).mean(-1)
+        return F.smooth_l1_loss(x_hat, x, reduction="none").mean(-1)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        """(reconstruction, losses {recon, commit, loss}, stats) of x (B, T_k, D); mask (B, T_k) valid keyframes."""
-        z = self.encode_latent(x)
-        quantized, _, stats = self.quantizer(z)
-        x_hat = self.decode_latent(z + (quantized - z).detach())  # straight-through estimator
-        weight = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.float()
+        """Reconstruct keyframes x (B, T_k, pose_dim); mask (B, T_k) marks valid (unpadded) keyframes.
+
+        Returns (x_hat (B, T_k, pose_dim), losses, stats): losses `loss` (recon + commitment *
+        commit + velocity_weight * velocity) and detached `recon`, `commit`, `velocity`; stats
+        per level `perplexity_l{l}` and `dead_codes_l{l}`. In training mode the codebooks learn
+        from the valid keyframes only.
+        """
+        weight = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.to(x.device).float()
+        z = self.encode_latent(x)  # (B, T_k, code_dim)
+        quantized = self.quantizer(z, weight)
+        x_hat = self.decode_latent(quantized.quantized)  # (B, T_k, pose_dim), straight-through
         denom = weight.sum().clamp(min=1.0)
-        recon = ((x_hat - x).pow(2).mean(-1) * weight).sum() / denom
-        commit = ((z - quantized.detach()).pow(2).mean(-1) * weight).sum() / denom
-        loss = recon + self.config.commitment * commit
-        return x_hat, {"loss": loss, "recon": recon.detach(), "commit": commit.detach()}, stats
+        recon = (self._distance(x_hat, x) * weight).sum() / denom
+        loss = recon + self.config.commitment * quantized.commitment
+        velocity = torch.zeros((), device=x.device)
+        if self.config.velocity_weight > 0 and x.shape[1] > 1:
+            pairs = weight[:, 1:] * weight[:, :-1]  # (B, T_k - 1): both keyframes valid
+            step = self._distance(x_hat[:, 1:] - x_hat[:, :-1], x[:, 1:] - x[:, :-1])
+            velocity = (step * pairs).sum() / pairs.sum().clamp(min=1.0)
+            loss = loss + self.config.velocity_weight * velocity
+        losses = {
+            "loss": loss,
+            "recon": recon.detach(),
+            "commit": quantized.commitment.detach(),
+            "velocity": velocity.detach(),
+        }
+        return x_hat, losses, quantized.stats
 
 
-def build_vq(config: VQConfig) -> BodyVQ:
+def build_vq(
+    config: VQConfig, all_reduce: Collective | None = None, broadcast: Collective | None = None
+) -> BodyVQ:
     """The VQ-VAE described by `config`, on the current default device, in float32."""
-    return BodyVQ(config)
+    return BodyVQ(config, all_reduce, broadcast)
