@@ -68,6 +68,25 @@ def test_rows_do_not_depend_on_their_batch(guide):
     assert len({tuple(rep.flatten().tolist()) for rep in expanded}) > 1
 
 
+def test_a_cached_step_computes_one_position_and_the_audio_once(guide):
+    positions, audio_passes = [], []
+    hooks = [
+        guide.layers[0].self_attention.to_q.register_forward_hook(
+            lambda module, args, out: positions.append(args[0].shape[1])
+        ),
+        guide.audio_convs.register_forward_hook(lambda module, args, out: audio_passes.append(1)),
+    ]
+    try:
+        prefix = torch.zeros(2, 2, 2, dtype=torch.long)  # 2 keyframes x 2 levels
+        guide.generate(features(), 4, generator=torch.Generator().manual_seed(0), prefix=prefix)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert audio_passes == [1]
+    # start token + 4 prefix tokens together, then one position per new token (8 tokens, 7 fed)
+    assert positions == [5] + [1] * 7
+
+
 def test_top_p_keeps_the_smallest_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
     assert torch.isfinite(top_p_filter(probs.log(), 0.8)).tolist() == [[True, True, False, False]]

@@ -11,31 +11,34 @@ Per model, for one clip of `--frames` frames (240 = 8 s):
   each step featurizes the audio and re-encodes the condition inside two separate forwards, one
   conditional and one unconditional: reps x 2 passes of batch 1;
 - VQ-VAE: FLOPs of encoding and decoding the clip's keyframes (one every 30 frames);
-- guide transformer: FLOPs of generating the clip's tokens with the key/value cache and with
-  full recomputation of the prefix for every token (as the reference's `generate`), and ms per
-  generated token for both.
+- guide transformer: FLOPs of encoding the clip's audio (once per clip) and of generating its
+  tokens with the key/value cache and with full recomputation of the prefix for every token (as
+  the reference's `generate`), and ms per generated token for both.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from a2p.bench.flops import count_flops, flops_and_result, format_count
 from a2p.config.denoiser import denoiser_preset
+from a2p.config.guide import guide_preset
+from a2p.config.vq import vq_preset
 from a2p.constants import AUDIO_CHANNELS, FPS, KEYFRAME_INTERVAL, POSE_DIM, SAMPLES_PER_FRAME
 from a2p.diffusion.guidance import cfg_combine
 from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import build_denoiser
+from a2p.models.guide import GuideTransformer, build_guide
+from a2p.models.vq import build_vq
 
 MODELS = ("face", "body", "vq", "guide")
 
@@ -71,6 +74,7 @@ class TokenTiming:
 
     tokens: int
     batch: int
+    once_ms: float
     cached_ms: float
     full_ms: float
 
@@ -84,7 +88,6 @@ class Report:
     flops: list[FlopLine] = field(default_factory=list)
     step: StepTiming | None = None
     tokens: TokenTiming | None = None
-    note: str = ""
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -93,15 +96,28 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 def time_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> tuple[float, int]:
     """Median wall time (ms) of `repeats` calls of `fn`, and the FLOPs of the warm-up call."""
-    flops, _ = flops_and_result(fn)  # the warm-up call, counted
-    sync()
-    times = []
+    (ms,), (flops,) = time_interleaved([fn], repeats, sync)
+    return ms, flops
+
+
+def time_interleaved(
+    fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]
+) -> tuple[list[float], list[int]]:
+    """Median wall times (ms) of `repeats` calls of each of `fns`, and the FLOPs of their warm-up calls.
+
+    The functions take turns (a, b, a, b, ...), so a change of machine load in the middle of a
+    run slows both alike and their ratio stays fair.
+    """
+    flops = [flops_and_result(fn)[0] for fn in fns]  # the warm-up calls, counted
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0, flops
+        for fn, spent in zip(fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) * 1000.0 for spent in times], flops
 
 
 @dataclass
@@ -178,35 +194,15 @@ def bench_denoiser(name: str, setup: Setup) -> Report:
                 outs.append(cfg_combine(cond, uncond, scale))
             return torch.cat(outs)
 
-        a2p_ms, a2p_flops = time_ms(a2p_step, setup.steps, setup.sync)
-        reference_ms, reference_flops = time_ms(reference_step, setup.steps, setup.sync)
+        (a2p_ms, reference_ms), (a2p_flops, reference_flops) = time_interleaved(
+            [a2p_step, reference_step], setup.steps, setup.sync
+        )
     step = StepTiming(a2p_ms, reference_ms, once_ms, a2p_flops, reference_flops)
     return Report(name, parameter_count(model), flops, step=step)
 
 
-# The VQ-VAE and guide transformer APIs, in one place each: `_load` finds the module pair and
-# the three functions below are the only code that calls into them.
-
-
-def _load(name: str) -> tuple[object, object] | None:
-    """(config module, model module) of `a2p.config.NAME` / `a2p.models.NAME`, or None if absent."""
-    if any(importlib.util.find_spec(f"a2p.{kind}.{name}") is None for kind in ("config", "models")):
-        return None
-    return importlib.import_module(f"a2p.config.{name}"), importlib.import_module(f"a2p.models.{name}")
-
-
-def _build_vq(setup: Setup) -> torch.nn.Module | None:
-    modules = _load("vq")
-    if modules is None:
-        return None
-    configs, models = modules
-    return models.build_vq(configs.vq_preset(setup.preset)).to(setup.device).eval().requires_grad_(False)
-
-
 def bench_vq(setup: Setup) -> Report:
-    model = _build_vq(setup)
-    if model is None:
-        return Report("vq", note="a2p.models.vq not present yet: skipped")
+    model = build_vq(vq_preset(setup.preset)).to(setup.device).eval().requires_grad_(False)
     keyframes = setup.randn(1, setup.frames // KEYFRAME_INTERVAL, POSE_DIM)  # (1, K, 104)
     with torch.inference_mode(), setup.autocast():
         flops = count_flops(lambda: model.decode_codes(model.encode(keyframes)))
@@ -214,34 +210,52 @@ def bench_vq(setup: Setup) -> Report:
     return Report("vq", parameter_count(model), [line])
 
 
+@contextmanager
+def audio_encoded_beforehand(model: GuideTransformer, features: torch.Tensor) -> Iterator[None]:
+    """Inside, `model.generate` reuses the memory of `features` instead of encoding its audio.
+
+    The audio is encoded once per clip whatever the decoding does; taking it out of the timed
+    calls leaves the cost of the token loop itself, with or without the key/value cache.
+    """
+    memory = model.encode_audio(features)
+    model.encode_audio = lambda features, keep_mask=None: memory
+    try:
+        yield
+    finally:
+        del model.encode_audio
+
+
 def bench_guide(setup: Setup) -> Report:
-    modules, vq = _load("guide"), _build_vq(setup)
-    if modules is None or vq is None:
-        return Report("guide", note="a2p.models.guide or a2p.models.vq not present yet: skipped")
-    configs, models = modules
-    config = configs.guide_preset(setup.preset)
-    model = models.build_guide(config).to(setup.device).eval().requires_grad_(False)
+    model = build_guide(guide_preset(setup.preset)).to(setup.device).eval().requires_grad_(False)
     featurizer = build_featurizer("mel").to(setup.device)
     keyframes = setup.frames // KEYFRAME_INTERVAL
+    tokens = keyframes * model.config.levels
+
+    def generate(features: torch.Tensor, use_cache: bool) -> Callable[[], object]:
+        generator = torch.Generator(device=setup.device).manual_seed(0)
+        return lambda: model.generate(features, keyframes, use_cache=use_cache, generator=generator)
 
     with torch.inference_mode(), setup.autocast():
         one = featurizer(setup.audio())  # (1, T_audio, D_audio)
+        encode_flops = count_flops(lambda: model.encode_audio(one))
+        with audio_encoded_beforehand(model, one):
+            cached_flops = count_flops(generate(one, use_cache=True))
+            full_flops = count_flops(generate(one, use_cache=False))
         batch = one.expand(setup.reps, *one.shape[1:])  # (R, T_audio, D_audio): repetitions together
-        tokens = vq.encode(setup.randn(1, keyframes, POSE_DIM)).numel()
-
-        def generate(features: torch.Tensor, use_cache: bool) -> Callable[[], object]:
-            generator = torch.Generator(device=setup.device).manual_seed(0)
-            return lambda: model.generate(features, keyframes, use_cache=use_cache, generator=generator)
-
-        cached_flops = count_flops(generate(one, True))
-        full_flops = count_flops(generate(one, False))
-        cached_ms, _ = time_ms(generate(batch, True), setup.steps, setup.sync)
-        full_ms, _ = time_ms(generate(batch, False), setup.steps, setup.sync)
+        once_ms, _ = time_ms(lambda: model.encode_audio(batch), setup.steps, setup.sync)
+        with audio_encoded_beforehand(model, batch):
+            (cached_ms, full_ms), _ = time_interleaved(
+                [generate(batch, use_cache=True), generate(batch, use_cache=False)], setup.steps, setup.sync
+            )
+    levels = model.config.levels
     flops = [
-        FlopLine(cached_flops, f"generate {tokens} tokens ({keyframes} keyframes), key/value cache"),
-        FlopLine(full_flops, f"generate {tokens} tokens, full recomputation per token"),
+        FlopLine(encode_flops, f"encode audio features {tuple(one.shape)}: conv stack + cross-attention k/v"),
+        FlopLine(
+            cached_flops, f"generate {tokens} tokens ({keyframes} keyframes x {levels} levels), KV cache"
+        ),
+        FlopLine(full_flops, f"generate {tokens} tokens, full recomputation of the prefix per token"),
     ]
-    timing = TokenTiming(tokens, setup.reps, cached_ms / tokens, full_ms / tokens)
+    timing = TokenTiming(tokens, setup.reps, once_ms, cached_ms / tokens, full_ms / tokens)
     return Report("guide", parameter_count(model), flops, tokens=timing)
 
 
@@ -265,12 +279,11 @@ def render(reports: list[Report], setup: Setup, threads: int) -> str:
         f"machine: {platform.system()} {cpu} ({_cpu_name()}), torch threads={threads}, "
         f"torch {torch.__version__}, python {platform.python_version()}",
         "",
-        f"Size and forward FLOPs per clip of {clip}, batch 1 (matmul, conv and attention, 2 per multiply-add):",
+        f"Size and forward FLOPs per clip of {clip}, batch 1",
+        "(matmul, conv and attention, 2 FLOPs per multiply-add):",
     ]
     rows = []
     for r in reports:
-        if not r.flops:
-            rows.append([r.model, format_count(r.params), "-", r.note])
         for i, line in enumerate(r.flops):
             rows.append(
                 [
@@ -286,11 +299,12 @@ def render(reports: list[Report], setup: Setup, threads: int) -> str:
     if steps:
         out += [
             "",
-            f"ms per denoising step, median of {setup.steps} after 1 warm-up; {setup.reps} repetitions with CFG:",
-            "  a2p:       audio featurized and condition encoded once per clip, with the null rows"
-            " (column 'once', ms per clip);",
-            f"             then each step is ONE forward of {setup.reps} reps x 2 = {2 * setup.reps} rows"
-            " (conditional rows, then unconditional)",
+            f"ms per denoising step of {setup.reps} reps with CFG, median of {setup.steps} after 1 warm-up,"
+            " the paths taking turns:",
+            "  a2p:       audio featurized and condition encoded once per clip, with the null rows",
+            f"             (column 'once', ms per clip); then each step is ONE forward of {setup.reps} reps x 2"
+            f" = {2 * setup.reps} rows",
+            "             (conditional rows, then unconditional)",
             f"  reference: reps in turn; each step runs {setup.reps} x 2 forwards of 1 row (conditional,"
             " unconditional),",
             "             each featurizing the audio and re-encoding the condition first",
@@ -320,20 +334,28 @@ def render(reports: list[Report], setup: Setup, threads: int) -> str:
 
     tokens = [r for r in reports if r.tokens is not None]
     if tokens:
-        out += ["", f"Guide generation, ms per token, median of {setup.steps} generations after 1 warm-up:"]
+        out += [
+            "",
+            f"Guide generation of {setup.reps} reps in one batch, ms per token, median of {setup.steps}"
+            " generations after 1 warm-up, taking turns:",
+            "  audio encoded once per clip beforehand (column 'audio ms', ms per clip); then the token loop",
+            "  with the key/value cache (one new position per token) or recomputing every position for",
+            "  every token (the reference's generate)",
+        ]
         rows = [
             [
                 r.model,
                 str(r.tokens.tokens),
                 str(r.tokens.batch),
+                format_ms(r.tokens.once_ms),
                 f"{r.tokens.cached_ms:.2f}",
                 f"{r.tokens.full_ms:.2f}",
                 f"{r.tokens.full_ms / r.tokens.cached_ms:.2f}x",
             ]
             for r in tokens
         ]
-        header = ["model", "tokens", "batch", "KV cache ms/token", "full ms/token", "ratio"]
-        out += table(header, rows, right=set(range(1, 6)))
+        header = ["model", "tokens", "batch", "audio ms", "KV cache ms/token", "full ms/token", "ratio"]
+        out += table(header, rows, right=set(range(1, 7)))
     out += ["", "ratio = reference (or full recomputation) ms / a2p (or KV cache) ms."]
     return "\n".join(out)
 
@@ -375,25 +397,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < KEYFRAME_INTERVAL or args.frames % KEYFRAME_INTERVAL:
         print(f"error: --frames must be a positive multiple of {KEYFRAME_INTERVAL}", file=sys.stderr)
         return 2
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    setup = Setup(
-        frames=args.frames,
-        reps=args.reps,
-        steps=args.steps,
-        preset=args.preset,
-        device=torch.device(args.device),
-        dtype=getattr(torch, args.dtype),
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    reports = []
-    for name in dict.fromkeys(args.models):
-        if name in GUIDANCE_SCALE:
-            reports.append(bench_denoiser(name, setup))
-        else:
-            reports.append(bench_vq(setup) if name == "vq" else bench_guide(setup))
-    print(render(reports, setup, torch.get_num_threads()))
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeds the weights without touching the caller's RNG
+            torch.manual_seed(args.seed)
+            setup = Setup(
+                frames=args.frames,
+                reps=args.reps,
+                steps=args.steps,
+                preset=args.preset,
+                device=torch.device(args.device),
+                dtype=getattr(torch, args.dtype),
+                generator=torch.Generator().manual_seed(args.seed),
+            )
+            benches = {"vq": bench_vq, "guide": bench_guide}
+            reports = [
+                bench_denoiser(name, setup) if name in GUIDANCE_SCALE else benches[name](setup)
+                for name in dict.fromkeys(args.models)
+            ]
+            print(render(reports, setup, torch.get_num_threads()))
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 
