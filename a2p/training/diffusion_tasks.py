@@ -10,12 +10,16 @@ Audio features: `a2p.training.audio_inputs`.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from a2p import distributed
 from a2p.config.denoiser import DenoiserConfig, denoiser_preset
 from a2p.constants import FEATURE_RATE_HZ, KEYFRAME_INTERVAL
 from a2p.data.format import features_frames
@@ -27,10 +31,14 @@ from a2p.diffusion import (
     q_sample,
     sample_timesteps,
 )
-from a2p.errors import ConfigError
+from a2p.errors import ConfigError, DataError
+from a2p.evaluation.metrics import kinematic_diversity, motion_metrics, static_diversity
+from a2p.inference.sampling import SamplerSetting, sample_motion
 from a2p.models.denoiser import ConditionInputs, build_denoiser
 from a2p.training.audio_inputs import AudioInputs
 from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +63,10 @@ class DiffusionTaskConfig:
     """Sampler setting of the evaluation sample (`train.log.eval_interval` steps)."""
     eval_guidance: float = 2.0
     """Classifier-free guidance scale of the evaluation sample."""
+    eval_metric_windows: int = 8
+    """Validation windows (up to 600 frames each) sampled at every evaluation, split over the ranks."""
+    eval_metric_chunk: int = 120
+    """Frames per chunk of the motion metrics (FD_k, Div_k work within chunks); see `valid_chunks`."""
 
 
 class DiffusionTask(Task):
@@ -70,6 +82,12 @@ class DiffusionTask(Task):
         super().__init__(config)
         if not 0.0 <= config.cond_drop_prob < 1.0:
             raise ConfigError(f"task.cond_drop_prob must lie in [0, 1), got {config.cond_drop_prob}")
+        if config.eval_metric_windows < 1 or config.eval_metric_chunk < 2:
+            raise ConfigError(
+                "task.eval_metric_windows must be at least 1 and task.eval_metric_chunk at least 2, got "
+                f"{config.eval_metric_windows} and {config.eval_metric_chunk}"
+            )
+        SamplerSetting.parse(config.eval_sampler)  # a typo fails now, not at the first evaluation
         if (config.model.guide_dim > 0) != self.uses_guide:
             raise ConfigError(
                 f"task.model.guide_dim={config.model.guide_dim} does not fit the {self.name} task "
@@ -114,29 +132,133 @@ class DiffusionTask(Task):
         return {"frames": float(batch["length"].sum())}
 
     def evaluate(self, model: nn.Module, ctx: TaskContext) -> dict[str, Any]:
-        """Sample the first validation crop of this rank; MSE to the real motion and a figure of both."""
-        from a2p.data import build_eval_loader
-        from a2p.inference.sampling import sample_motion
+        """Sample this rank's share of the first `eval_metric_windows` validation windows; rank 0 scores all.
+
+        Rank 0 returns the MSE to the real motion on valid frames (`sample_mse`), the motion metrics
+        of `window_metrics` and a figure of window 0; the other ranks return nothing. The body is
+        guided by each window's ground-truth keyframes, as the reference's evaluation with GT
+        guide, so its metrics measure the denoiser alone, not the guide model's keyframes.
+        """
         from a2p.training.figures import motion_figure
+
+        windows = gather_windows(
+            [self._sample_window(model, batch, index, ctx) for index, batch in self._eval_batches(ctx)]
+        )
+        if ctx.rank != 0:
+            return {}
+        if not windows:
+            logger.warning("eval: the val split of %s has no windows; nothing to evaluate", ctx.data)
+            return {}
+        squares = sum(
+            float(np.square((w.generated - w.real)[w.valid], dtype=np.float64).sum()) for w in windows
+        )
+        values = sum(int(w.valid.sum()) * w.real.shape[1] for w in windows)
+        first = windows[0]
+        out: dict[str, Any] = {"sample_mse": squares / max(values, 1)}
+        out.update(window_metrics(windows, self.config.eval_metric_chunk))
+        out["motion"] = motion_figure(torch.from_numpy(first.real), torch.from_numpy(first.generated))
+        return out
+
+    def _eval_batches(self, ctx: TaskContext) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(window index in the split, batch of one window) of this rank's share of the windows."""
+        from a2p.data import build_eval_loader
 
         loader = build_eval_loader(
             ctx.data, 1, split="val", rank=ctx.rank, world_size=ctx.world_size,
             audio=not self.audio.shards_have_features,
         )  # fmt: skip
-        batch = next(iter(loader))
+        for local, batch in enumerate(loader):
+            index = local * ctx.world_size + ctx.rank
+            if index >= self.config.eval_metric_windows or not batch["key"][0]:  # "": padding rows
+                return
+            yield index, batch
+
+    def _sample_window(
+        self, model: nn.Module, batch: dict[str, Any], index: int, ctx: TaskContext
+    ) -> EvalWindow:
         batch = {k: v.to(ctx.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        valid = batch[self.mask_key][0]
         frames = int(batch["length"][0])
         guide = batch["keyframes"][:, : max(frames // KEYFRAME_INTERVAL, 1)] if self.uses_guide else None
         features = self.audio(batch, ctx.device)[:, : features_frames(frames, FEATURE_RATE_HZ)]
+        seed = int(np.random.SeedSequence([ctx.seed, index]).generate_state(1)[0])
         generated = sample_motion(
             model, features.float(), frames, guide=guide, setting=self.config.eval_sampler,
-            guidance=self.config.eval_guidance, seed=ctx.seed,
+            guidance=self.config.eval_guidance, seed=seed,
         )[0]  # fmt: skip
-        real = batch[self.motion_key][0, :frames].float()
-        used = valid[:frames]
-        mse = (generated - real)[used].pow(2).mean() if used.any() else torch.zeros((), device=ctx.device)
-        return {"sample_mse": float(ctx.all_reduce_mean(mse)), "motion": motion_figure(real, generated)}
+        return EvalWindow(
+            index=index,
+            generated=generated.float().cpu().numpy(),
+            real=batch[self.motion_key][0, :frames].float().cpu().numpy(),
+            valid=batch[self.mask_key][0, :frames].cpu().numpy(),
+        )
+
+
+@dataclass
+class EvalWindow:
+    """One sampled validation window, cut to its length."""
+
+    index: int
+    """Position of the window in the val split (the eval loader's order)."""
+    generated: np.ndarray
+    """(T, D) sampled motion."""
+    real: np.ndarray
+    """(T, D) ground-truth motion."""
+    valid: np.ndarray
+    """(T,) bool: frames that count (False where the face code is missing)."""
+
+
+def gather_windows(windows: list[EvalWindow]) -> list[EvalWindow]:
+    """Every rank's windows on every rank, in window order (one all-gather of objects)."""
+    parts = distributed.all_gather_objects(windows)
+    return sorted((window for part in parts for window in part), key=lambda window: window.index)
+
+
+def valid_chunks(windows: list[EvalWindow], chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generated and real (C, chunk, D) chunks: each run of valid frames cut into `chunk`-frame pieces.
+
+    Invalid frames never enter a chunk, nor does a frame difference across them; the remainder of
+    a run shorter than `chunk` is dropped. Both arrays are cut at the same frames.
+    """
+    generated, real = [], []
+    for window in windows:
+        flags = np.concatenate([[0], window.valid.astype(np.int8), [0]])
+        edges = np.flatnonzero(np.diff(flags))  # run starts and (exclusive) stops, alternating
+        for start, stop in zip(edges[::2], edges[1::2]):
+            for begin in range(start, stop - chunk + 1, chunk):
+                generated.append(window.generated[begin : begin + chunk])
+                real.append(window.real[begin : begin + chunk])
+    width = windows[0].real.shape[1] if windows else 0
+    if not real:
+        return np.zeros((0, chunk, width)), np.zeros((0, chunk, width))
+    return np.stack(generated), np.stack(real)
+
+
+def window_metrics(windows: list[EvalWindow], chunk: int) -> dict[str, float]:
+    """FD_g, FD_k, Div_g, Div_k of the generated windows (`motion_metrics`), the real ones' Div_g, Div_k.
+
+    Computed on `valid_chunks` of `chunk` frames (`metric_frames` of them). With too few frames
+    for a covariance of the motion's width, the FD terms are skipped with a warning.
+    """
+    generated, real = valid_chunks(windows, chunk)
+    if real.shape[0] == 0:
+        logger.warning(
+            "eval: no run of %d valid frames in %d window(s); motion metrics skipped", chunk, len(windows)
+        )
+        return {}
+    if not np.isfinite(generated).all():
+        logger.warning("eval: the samples hold NaN or Inf; motion metrics skipped")
+        return {}
+    out = {"metric_frames": float(real.shape[0] * real.shape[1])}
+    try:
+        result = motion_metrics(generated[None], real)
+    except DataError as err:  # too few frames for a covariance of width D
+        logger.warning("eval: FD_g and FD_k skipped: %s", err)
+        out["div_g"], out["div_k"] = static_diversity(generated), kinematic_diversity(generated)
+        out["gt_div_g"], out["gt_div_k"] = static_diversity(real), kinematic_diversity(real)
+        return out
+    out.update({name: result[name].mean for name in ("fd_g", "fd_k", "div_g", "div_k")})
+    out.update({name: result[name] for name in ("gt_div_g", "gt_div_k")})
+    return out
 
 
 def _presets(model: str, **task_fields: Any) -> dict[str, DiffusionTaskConfig]:
