@@ -17,17 +17,30 @@ import logging
 import math
 import os
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from a2p.constants import AUDIO_CHANNELS, FPS, KEYFRAME_INTERVAL, SAMPLE_RATE, SAMPLES_PER_FRAME
+from a2p.constants import (
+    AUDIO_CHANNELS,
+    CROP_MAX_FRAMES,
+    FPS,
+    KEYFRAME_INTERVAL,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+)
 from a2p.errors import A2PError, DataError
 from a2p.inference.export import Exported, load_export
+from a2p.inference.plots import motion_plot, write_png
+from a2p.inference.reference_results import reference_results, write_reference_results
 from a2p.inference.sampling import sample_motion
+from a2p.inference.windows import DEFAULT_OVERLAP, AllReduce, WindowPlan, generate_keyframe_codes
+from a2p.models.audio import featurize_long
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +48,13 @@ AUDIO_SUFFIXES = (".wav", ".flac")
 DEFAULT_GUIDANCE = {"face": 10.0, "body": 2.0}
 """Classifier-free guidance scales of the reference (DESIGN.md)."""
 GUIDE_TOP_P = 0.94
+PARTS = ("body", "face")
+PART_KEYS = {"body": ("body", "keyframes"), "face": ("face",)}
+PARTS_DIR = ".parts"
+"""Per-(part, repetition) outputs wait here until their clip is assembled."""
+SHARD_MODES = ("items", "windows")
+REFERENCE_DIR = "reference"
+"""With --results-npy: reference/CLIP/{face,body}_results.npy for the reference's renderer."""
 
 
 @dataclass
@@ -110,7 +130,86 @@ def _denormalize(x: np.ndarray, stats: dict | None, key: str) -> np.ndarray:
     return x * np.where(std < 1e-6, 1.0, std) + mean
 
 
+@dataclass(frozen=True)
+class Sharing:
+    """How one clip's windows are shared between ranks (rank 0 of 1: not shared)."""
+
+    rank: int = 0
+    world_size: int = 1
+    all_reduce: AllReduce | None = None
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """Model window and overlap (frames) for clips longer than a window."""
+
+    window: int = CROP_MAX_FRAMES
+    overlap: int = DEFAULT_OVERLAP
+    batch: int = 8
+    """Windows per forward pass."""
+
+
 @torch.no_grad()
+def sample_part(
+    models: Models,
+    featurizer: torch.nn.Module,
+    audio: np.ndarray,
+    part: str,
+    reps: list[int],
+    *,
+    setting: str,
+    seed: int,
+    device: torch.device,
+    windowing: Windowing = Windowing(),
+    sharing: Sharing = Sharing(),
+) -> dict[str, np.ndarray]:
+    """One part ("face" or "body", with its keyframes) of the repetitions `reps` of one clip.
+
+    Every repetition's guide tokens and noise come from generators seeded by (seed, repetition),
+    so a repetition's result does not depend on which others share its batch.
+    """
+    frames = audio.shape[0] // SAMPLES_PER_FRAME
+    plan = None
+    if frames > windowing.window:  # pad to whole keyframes; the padding is cut off again below
+        padded = math.ceil(frames / KEYFRAME_INTERVAL) * KEYFRAME_INTERVAL
+        audio = np.pad(audio, ((0, (padded - frames) * SAMPLES_PER_FRAME), (0, 0)))
+        plan = WindowPlan.build(padded, windowing.window, windowing.overlap)
+    length = audio.shape[0] // SAMPLES_PER_FRAME
+    features = featurize_long(featurizer, torch.from_numpy(audio)[None].to(device))  # (1, F, C), once
+    window_args = {"plan": plan, "window_batch": windowing.batch, **vars(sharing)}
+    if part == "face":
+        face = sample_motion(
+            models.face.model, features, length, reps=len(reps), setting=setting,
+            guidance=DEFAULT_GUIDANCE["face"], generators=noise_generators(seed + 1, reps, device), **window_args,
+        )  # fmt: skip
+        return {"face": _denormalize(face[:, :frames].cpu().numpy(), models.face.stats, "face")}
+    token_generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in reps]
+    rows = features.expand(len(reps), *features.shape[1:])
+    if plan is None:
+        keyframes = math.ceil(frames / KEYFRAME_INTERVAL)
+        codes = models.guide.model.generate(rows, keyframes, top_p=GUIDE_TOP_P, generator=token_generators)
+    else:
+        codes = generate_keyframe_codes(
+            models.guide.model, rows, plan, top_p=GUIDE_TOP_P, generator=token_generators
+        )
+    guide = models.vq.model.decode_codes(codes)  # (reps, K, 104), normalized like the body
+    body = sample_motion(
+        models.body.model, features, length, guide=guide, reps=len(reps), setting=setting,
+        guidance=DEFAULT_GUIDANCE["body"], generators=noise_generators(seed, reps, device), **window_args,
+    )  # fmt: skip
+    stats = models.body.stats
+    kept = math.ceil(frames / KEYFRAME_INTERVAL)
+    return {
+        "body": _denormalize(body[:, :frames].cpu().numpy(), stats, "body"),
+        "keyframes": _denormalize(guide[:, :kept].float().cpu().numpy(), stats, "body"),
+    }
+
+
+def noise_generators(seed: int, reps: list[int], device: torch.device) -> list[torch.Generator]:
+    """The diffusion noise generators of repetitions `reps` (as `repetition_generators` would give)."""
+    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + rep) for rep in reps]
+
+
 def sample_clip(
     models: Models,
     featurizer: torch.nn.Module,
@@ -120,41 +219,17 @@ def sample_clip(
     setting: str,
     seed: int,
     device: torch.device,
+    windowing: Windowing = Windowing(),
+    sharing: Sharing = Sharing(),
 ) -> dict[str, np.ndarray]:
     """Face (reps, T, 256), body (reps, T, 104) and keyframes (reps, K, 104) of one clip."""
-    frames = audio.shape[0] // SAMPLES_PER_FRAME
-    keyframes = math.ceil(frames / KEYFRAME_INTERVAL)
-    features = featurizer(torch.from_numpy(audio)[None].to(device))  # (1, F, C), once per clip
-    generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in range(reps)]
-    codes = models.guide.model.generate(
-        features.expand(reps, *features.shape[1:]), keyframes, top_p=GUIDE_TOP_P, generator=generators
-    )
-    guide = models.vq.model.decode_codes(codes)  # (reps, K, 104), normalized like the body
-    body = sample_motion(
-        models.body.model,
-        features,
-        frames,
-        guide=guide,
-        reps=reps,
-        setting=setting,
-        guidance=DEFAULT_GUIDANCE["body"],
-        seed=seed,
-    )
-    face = sample_motion(
-        models.face.model,
-        features,
-        frames,
-        reps=reps,
-        setting=setting,
-        guidance=DEFAULT_GUIDANCE["face"],
-        seed=seed + 1,
-    )
-    stats = models.body.stats
-    return {
-        "face": _denormalize(face.cpu().numpy(), models.face.stats, "face"),
-        "body": _denormalize(body.cpu().numpy(), stats, "body"),
-        "keyframes": _denormalize(guide.float().cpu().numpy(), stats, "body"),
-    }
+    arrays: dict[str, np.ndarray] = {}
+    for part in PARTS:
+        arrays |= sample_part(
+            models, featurizer, audio, part, list(range(reps)), setting=setting, seed=seed,
+            device=device, windowing=windowing, sharing=sharing,
+        )  # fmt: skip
+    return arrays
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray | str | int | float]) -> None:
@@ -166,85 +241,304 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray | str | int | floa
     tmp.replace(path)
 
 
-def list_clips(inputs: list[str]) -> list[Path]:
+@dataclass(frozen=True)
+class Clip:
+    """One clip to sample: its output name, where it came from, and how to read its audio."""
+
+    name: str
+    source: str
+    read: Callable[[], tuple[np.ndarray, list[str]]]
+
+
+def file_clips(inputs: list[str]) -> list[Clip]:
     """Audio files named directly, found in directories, or listed one per line in .txt files."""
-    clips: list[Path] = []
+    paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            clips += sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
         elif path.suffix == ".txt":
-            clips += [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
+            paths += [Path(line.strip()) for line in path.read_text().splitlines() if line.strip()]
         else:
-            clips.append(path)
-    names = [clip.stem for clip in clips]
+            paths.append(path)
+    names = [path.stem for path in paths]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise A2PError(f"several clips share the name(s) {duplicates}: outputs are named by clip")
-    return clips
+    return [Clip(path.stem, str(path), partial(read_audio, path)) for path in paths]
+
+
+def split_clips(shard_dir: str | Path, split: str = "test", chunk: int = CROP_MAX_FRAMES) -> Iterator[Clip]:
+    """The `chunk`-frame chunks of a shard set's split, in order, each frame of a scene at most once.
+
+    Shards hold overlapping windows of every scene; a chunk is kept when it is whole and starts at
+    or after the end of the scene's last kept chunk. Names are `{scene}_{first frame:06d}`. The
+    ground truth of the same chunks comes from `a2p.evaluation.run.split_truth`.
+    """
+    for key, _first, batch in iter_split_chunks(shard_dir, split, chunk, audio=True):
+        audio = batch["audio"][0].numpy()
+        yield Clip(f"{key}", f"{shard_dir}:{split}:{key}", lambda audio=audio: (audio, []))
+
+
+def iter_split_chunks(
+    shard_dir: str | Path, split: str, chunk: int, audio: bool
+) -> Iterator[tuple[str, int, dict]]:
+    """(name, first frame in the scene, one-row batch) of every whole, non-repeating chunk of `split`."""
+    from a2p.data.pipeline import build_eval_loader
+
+    loader = build_eval_loader(
+        shard_dir, 1, split=split, rank=0, world_size=1, crop_frames=chunk, audio=audio,
+        features=False, normalize=False, pad_ranks=False,
+    )  # fmt: skip
+    covered: dict[str, int] = {}
+    for batch in loader:
+        if int(batch["length"][0]) < chunk:
+            continue
+        scene, window_start = str(batch["key"][0]).rsplit("_", 1)
+        first = int(window_start) + int(batch["start"][0])
+        if first < covered.get(scene, 0):
+            continue
+        covered[scene] = first + chunk
+        yield f"{scene}_{first:06d}", first, batch
 
 
 @dataclass
 class Summary:
+    """What one rank did."""
+
     done: list[str] = field(default_factory=list)
+    """Items (clip/part/rep) sampled."""
     skipped: list[str] = field(default_factory=list)
+    """Items already done by an earlier run."""
     failed: dict[str, str] = field(default_factory=dict)
+    """Clip -> why it could not be sampled."""
+    assembled: list[str] = field(default_factory=list)
+    """Clips whose output file this rank wrote."""
+
+
+@dataclass
+class Collectives:
+    """What ranks need from each other: no-ops for one process."""
+
+    barrier: Callable[[], None] = lambda: None
+    all_reduce: AllReduce | None = None
+    any_rank: Callable[[bool], bool] = lambda flag: flag
+
+
+@dataclass
+class RunSettings:
+    """Everything that decides an output, besides the models and the clip."""
+
+    reps: int = 3
+    setting: str = "ddim500"
+    seed: int = 0
+    windowing: Windowing = field(default_factory=Windowing)
+    shard: str = "items"
+    """items: (clip, part, repetition) items split over ranks; windows: every clip's windows split over ranks."""
+    results_npy: bool = False
+    plot: bool = False
+
+
+def part_path(out_dir: Path, clip: str, part: str, rep: int) -> Path:
+    return out_dir / PARTS_DIR / clip / f"{part}-{rep}.npz"
 
 
 def run(
-    clips: list[Path],
+    clips: Iterable[Clip],
     models: Models,
     out_dir: Path,
+    settings: RunSettings,
     *,
-    reps: int,
-    setting: str,
-    seed: int,
     rank: int,
     world_size: int,
     device: torch.device,
+    collectives: Collectives | None = None,
     progress: bool = True,
 ) -> Summary:
-    """Sample this rank's share of `clips` (every world_size-th, starting at rank) into out_dir."""
+    """Sample this rank's share of `clips` into out_dir (see the module doc), then assemble outputs."""
     from tqdm import tqdm
 
     from a2p.models.audio import build_featurizer
 
+    if settings.shard not in SHARD_MODES:
+        raise A2PError(f"unknown shard mode {settings.shard!r}: choose from {', '.join(SHARD_MODES)}")
+    collectives = collectives or Collectives()
     out_dir.mkdir(parents=True, exist_ok=True)
     featurizer = build_featurizer(models.featurizer).to(device)
     summary = Summary()
-    mine = clips[rank::world_size]
-    for clip in tqdm(mine, desc=f"rank {rank}", disable=not progress, unit="clip"):
-        target = out_dir / f"{clip.stem}.npz"
-        if target.exists():
-            summary.skipped.append(clip.stem)
-            continue
-        try:
-            audio, warnings = read_audio(clip)
-        except DataError as err:
-            logger.error("skipping %s", err)
-            summary.failed[clip.stem] = str(err)
-            continue
-        for warning in warnings:
-            logger.warning("%s: %s", clip, warning)
-        arrays = sample_clip(
-            models,
-            featurizer,
-            audio,
-            reps=reps,
-            setting=setting,
-            seed=clip_seed(seed, clip.stem),
-            device=device,
-        )
-        write_npz_atomic(
-            target,
-            {
-                **arrays,
-                "fps": FPS,
-                "sampler": setting,
-                "seed": clip_seed(seed, clip.stem),
-                "source": str(clip),
-                "models": json.dumps(models.paths),
-            },
-        )
-        summary.done.append(clip.stem)
+    names: list[str] = []
+    sources: dict[str, str] = {}
+    bar = tqdm(clips, desc="clips", disable=not progress, unit="clip")
+    for index, clip in enumerate(bar):
+        names.append(clip.name)
+        sources[clip.name] = clip.source
+        if settings.shard == "windows":
+            _run_clip_windows(clip, models, featurizer, out_dir, settings, rank, world_size, device,
+                              collectives, summary)  # fmt: skip
+        else:
+            _run_clip_items(
+                clip, index, models, featurizer, out_dir, settings, rank, world_size, device, summary
+            )
+    collectives.barrier()  # every part of every clip is written
+    if settings.shard == "items":
+        for index, name in enumerate(names):
+            if index % world_size == rank and name not in summary.failed:
+                _assemble(out_dir, name, sources[name], models, settings, summary)
+    collectives.barrier()
     return summary
+
+
+def _run_clip_items(
+    clip: Clip,
+    index: int,
+    models: Models,
+    featurizer: torch.nn.Module,
+    out_dir: Path,
+    settings: RunSettings,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    summary: Summary,
+) -> None:
+    """Sample this rank's (part, repetition) items of one clip; repetitions of a part share a batch."""
+    items = [(part, rep) for part in PARTS for rep in range(settings.reps)]
+    first = index * len(items)  # global item numbers run clip by clip
+    mine = [item for k, item in enumerate(items) if (first + k) % world_size == rank]
+    if not mine:
+        return
+    if (out_dir / f"{clip.name}.npz").exists():
+        summary.skipped += [f"{clip.name}/{part}/{rep}" for part, rep in mine]
+        return
+    todo: dict[str, list[int]] = {}
+    for part, rep in mine:
+        if part_path(out_dir, clip.name, part, rep).exists():
+            summary.skipped.append(f"{clip.name}/{part}/{rep}")
+        else:
+            todo.setdefault(part, []).append(rep)
+    if not todo:
+        return
+    audio = _read(clip, summary)
+    if audio is None:
+        return
+    seed = clip_seed(settings.seed, clip.name)
+    for part, reps in todo.items():
+        arrays = sample_part(
+            models, featurizer, audio, part, reps, setting=settings.setting, seed=seed, device=device,
+            windowing=settings.windowing,
+        )  # fmt: skip
+        for row, rep in enumerate(reps):
+            target = part_path(out_dir, clip.name, part, rep)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_npz_atomic(target, {key: value[row] for key, value in arrays.items()})
+            summary.done.append(f"{clip.name}/{part}/{rep}")
+
+
+def _run_clip_windows(
+    clip: Clip,
+    models: Models,
+    featurizer: torch.nn.Module,
+    out_dir: Path,
+    settings: RunSettings,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    collectives: Collectives,
+    summary: Summary,
+) -> None:
+    """Sample one whole clip on every rank together, its windows split over the ranks."""
+    items = [f"{clip.name}/{part}/{rep}" for part in PARTS for rep in range(settings.reps)]
+    if not collectives.any_rank(not (out_dir / f"{clip.name}.npz").exists()):
+        summary.skipped += items if rank == 0 else []
+        return
+    audio = _read(clip, summary)
+    if audio is None:  # every rank reads the same file and fails the same way
+        return
+    sharing = Sharing(rank, world_size, collectives.all_reduce if world_size > 1 else None)
+    arrays = sample_clip(
+        models, featurizer, audio, reps=settings.reps, setting=settings.setting,
+        seed=clip_seed(settings.seed, clip.name), device=device, windowing=settings.windowing, sharing=sharing,
+    )  # fmt: skip
+    if rank == 0:
+        _write_clip(out_dir, clip.name, clip.source, arrays, audio, models, settings)
+        summary.done += items
+        summary.assembled.append(clip.name)
+
+
+def _read(clip: Clip, summary: Summary) -> np.ndarray | None:
+    try:
+        audio, warnings = clip.read()
+    except DataError as err:
+        logger.error("skipping %s", err)
+        summary.failed[clip.name] = str(err)
+        return None
+    for warning in warnings:
+        logger.warning("%s: %s", clip.source, warning)
+    return audio
+
+
+def _assemble(
+    out_dir: Path, name: str, source: str, models: Models, settings: RunSettings, summary: Summary
+) -> None:
+    """Gather a clip's part files into its output file, then remove them."""
+    target = out_dir / f"{name}.npz"
+    if target.exists():
+        return
+    paths = {
+        (part, rep): part_path(out_dir, name, part, rep) for part in PARTS for rep in range(settings.reps)
+    }
+    missing = [f"{part}-{rep}" for (part, rep), path in paths.items() if not path.exists()]
+    if missing:
+        logger.error("%s: parts %s are missing (a rank failed?); rerun to finish them", name, missing)
+        summary.failed[name] = f"parts missing: {missing}"
+        return
+    loaded = {key: dict(np.load(path)) for key, path in paths.items()}
+    arrays = {
+        key: np.stack([loaded[(part, rep)][key] for rep in range(settings.reps)])
+        for part, keys in PART_KEYS.items()
+        for key in keys
+    }
+    audio = None
+    if settings.plot or settings.results_npy:
+        audio, _ = read_audio(Path(source)) if Path(source).is_file() else (None, [])
+    _write_clip(out_dir, name, source, arrays, audio, models, settings)
+    summary.assembled.append(name)
+    for path in paths.values():
+        path.unlink()
+    try:
+        paths[(PARTS[0], 0)].parent.rmdir()
+    except OSError:
+        pass
+
+
+def _write_clip(
+    out_dir: Path,
+    name: str,
+    source: str,
+    arrays: dict[str, np.ndarray],
+    audio: np.ndarray | None,
+    models: Models,
+    settings: RunSettings,
+) -> None:
+    """The clip's outputs; the .npz last, so a clip whose .npz exists is complete."""
+    if (settings.plot or settings.results_npy) and audio is None:
+        logger.warning("%s: no audio file to plot or store beside the motion (sampled from shards?)", name)
+    elif settings.plot:
+        write_png(
+            out_dir / f"{name}.png", motion_plot(audio, arrays["face"], arrays["body"], FPS, SAMPLE_RATE)
+        )
+    if settings.results_npy and audio is not None:
+        results = reference_results(arrays["face"], arrays["body"], audio, keyframes=arrays["keyframes"])
+        write_reference_results(out_dir / REFERENCE_DIR / name, results)
+    write_npz_atomic(
+        out_dir / f"{name}.npz",
+        {
+            **arrays,
+            "fps": FPS,
+            "sampler": settings.setting,
+            "seed": clip_seed(settings.seed, name),
+            "source": source,
+            "models": json.dumps(models.paths),
+            "window": settings.windowing.window,
+            "overlap": settings.windowing.overlap,
+        },
+    )

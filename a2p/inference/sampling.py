@@ -27,7 +27,8 @@ from a2p.diffusion import (
     sample,
 )
 from a2p.errors import ConfigError
-from a2p.models.denoiser import Denoiser
+from a2p.inference.windows import AllReduce, WindowedDenoiser, WindowPlan
+from a2p.models.denoiser import Condition, Denoiser
 
 SAMPLER_NAMES = {"ddim": "ddim", "dpmpp": "dpmpp_2m"}
 _SETTING = re.compile(r"^(ddim|dpmpp)(\d+)$")
@@ -83,13 +84,32 @@ def sample_motion(
     guidance: float = 1.0,
     seed: int = 0,
     generators: list[torch.Generator] | None = None,
+    plan: WindowPlan | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    all_reduce: AllReduce | None = None,
+    window_batch: int = 8,
 ) -> Tensor:
     """(reps, frames, D) motion for one clip: features (1, F, C) at 100 Hz, guide (1 or reps, K, D_guide).
 
-    `generators` (one per repetition) overrides the ones derived from `seed`.
+    `generators` (one per repetition) overrides the ones derived from `seed`. With a `plan` of
+    several windows the clip is denoised as overlapping windows (`a2p.inference.windows`), which
+    `rank` of `world_size` share through `all_reduce`.
     """
     device = features.device
     parsed, schedule = setting_schedule(setting, device)
+    generators = generators or repetition_generators(seed, reps, device)
+    shape = (reps, frames, denoiser.config.motion_dim)
+    if plan is not None and plan.count > 1:
+        if plan.frames != frames:
+            raise ValueError(f"the window plan covers {plan.frames} frames, the clip has {frames}")
+        condition = encode_windows(denoiser, features, guide, plan, reps, window_batch)
+        denoise = WindowedDenoiser(
+            denoiser, condition, plan, reps, rank=rank, world_size=world_size, all_reduce=all_reduce,
+            window_batch=window_batch,
+        )  # fmt: skip
+        model = guided_model(denoise, guidance, batched=True)
+        return sample(model, schedule, shape, sampler=parsed.sampler, generator=generators, device=device)
     if guide is not None and guide.shape[0] == reps > 1:
         # one guide per repetition (keyframes sampled per repetition): encode all rows once
         condition = denoiser.encode_condition(features.expand(reps, *features.shape[1:]), guide)
@@ -104,9 +124,26 @@ def sample_motion(
         return denoiser(x_t, t, condition)
 
     model = guided_model(denoise, guidance, batched=True)
-    generators = generators or repetition_generators(seed, reps, device)
-    shape = (reps, frames, denoiser.config.motion_dim)
     return sample(model, schedule, shape, sampler=parsed.sampler, generator=generators, device=device)
+
+
+def encode_windows(
+    denoiser: Denoiser, features: Tensor, guide: Tensor | None, plan: WindowPlan, reps: int, batch: int
+) -> Condition:
+    """The condition of every window (rows i), or of every (repetition, window) (rows r * count + i)
+    when each repetition has its own guide; encoded `batch` rows at a time, once per clip."""
+    audio = plan.slice_features(features)  # (count, F_w, C)
+    keyframes = None
+    if guide is not None:
+        keyframes = plan.slice_keyframes(guide.expand(reps, *guide.shape[1:]))  # (reps * count, K_w, D)
+        audio = audio.repeat(reps, 1, 1)
+    parts = [
+        denoiser.encode_condition(
+            audio[i : i + batch], None if keyframes is None else keyframes[i : i + batch]
+        )
+        for i in range(0, audio.shape[0], batch)
+    ]
+    return Condition.cat(parts)
 
 
 @torch.no_grad()
