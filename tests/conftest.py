@@ -21,3 +21,37 @@ def tiny_shards(tmp_path_factory) -> dict[str, Path]:
     assert data_main(["build", "--src", src, "--out", str(root / "plain")]) == 0
     assert data_main(["build", "--src", src, "--out", str(root / "mel"), "--features", "mel"]) == 0
     return {"plain": root / "plain", "mel": root / "mel"}
+
+
+@pytest.fixture(scope="session")
+def exports(tiny_shards, tmp_path_factory) -> dict[str, Path]:
+    """Exported face, body, vq and guide models, each trained for one step on the tiny shards."""
+    from a2p.cli.export import main as export_main
+    from a2p.cli.train import main as train_main
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("exports")
+    common = [
+        "--preset",
+        "debug",
+        "--max-steps",
+        "1",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.precision=fp32",
+    ]
+    files: dict[str, Path] = {}
+    for task in ("face", "body", "vq", "guide"):
+        extra = ["--vq", str(files["vq"])] if task == "guide" else []
+        run = ["--data", str(tiny_shards["plain"]), "--run-dir", str(root / task)]
+        assert train_main([task, *run, *common, *extra]) == 0
+        files[task] = root / f"{task}.safetensors"
+        assert export_main([str(root / task), "--out", str(files[task])]) == 0
+    return files
+
+
+@pytest.fixture(scope="session")
+def model_args(exports: dict[str, Path]) -> list[str]:
+    """--face F --body B --guide G --vq V of the exports."""
+    return [arg for name in ("face", "body", "guide", "vq") for arg in (f"--{name}", str(exports[name]))]

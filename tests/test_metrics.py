@@ -8,6 +8,7 @@ from a2p.evaluation.metrics import (
     fd_kinematic,
     fd_static,
     frechet_distance,
+    gaussian_stats,
     kinematic_diversity,
     motion_metrics,
     static_diversity,
@@ -88,3 +89,25 @@ def test_motion_metrics_reports_mean_and_spread():
     assert out["var_reps"] == pytest.approx(0.25)
     with pytest.raises(DataError, match="do not match"):
         motion_metrics(pred[:, :2], gt)
+
+
+def test_masked_frames_never_count():
+    rng = np.random.default_rng(5)
+    gt = rng.standard_normal((3, 80, 4))
+    pred = rng.standard_normal((2, 3, 80, 4)) + 0.3
+    mask = np.ones((3, 80), dtype=bool)
+    full = motion_metrics(pred, gt)
+    assert motion_metrics(pred, gt, mask=mask)["fd_g"].values == full["fd_g"].values  # all valid: the same
+    mask[1, 20:35] = False  # a gap: garbage there must change nothing
+    spoiled_gt, spoiled_pred = gt.copy(), pred.copy()
+    spoiled_gt[1, 20:35] = 1e3
+    spoiled_pred[:, 1, 20:35] = -1e3
+    clean = motion_metrics(pred, gt, mask=mask)
+    spoiled = motion_metrics(spoiled_pred, spoiled_gt, mask=mask)
+    for name in ("fd_g", "fd_k", "div_g", "div_k"):
+        np.testing.assert_allclose(spoiled[name].values, clean[name].values, rtol=1e-9)
+    assert spoiled["frames"] == 3 * 80 - 15
+    # FD_g over the valid frames is the FD of exactly those frames
+    valid = lambda x: x[mask]  # noqa: E731
+    expected = frechet_distance(*gaussian_stats(valid(gt)), *gaussian_stats(valid(pred[0])))
+    assert clean["fd_g"].values[0] == pytest.approx(expected, rel=1e-12)

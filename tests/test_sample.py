@@ -10,36 +10,8 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
-from a2p.cli.export import main as export_main
 from a2p.cli.sample import main as sample_main
-from a2p.cli.train import main as train_main
-
-COMMON = [
-    "--preset",
-    "debug",
-    "--max-steps",
-    "1",
-    "--set",
-    "train.batch_size=2",
-    "--set",
-    "train.precision=fp32",
-]
-
-
-@pytest.fixture(scope="module")
-def exports(tiny_shards, tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("exports")
-    data = str(tiny_shards["plain"])
-    files = {}
-    for task in ("face", "body", "vq", "guide"):
-        extra = ["--vq", str(files["vq"])] if task == "guide" else []
-        assert train_main([task, "--data", data, "--run-dir", str(root / task), *COMMON, *extra]) == 0
-        files[task] = root / f"{task}.safetensors"
-        assert export_main([str(root / task), "--out", str(files[task])]) == 0
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +25,9 @@ def clips(tmp_path_factory):
     return folder
 
 
-def model_args(exports):
-    return [arg for name in ("face", "body", "guide", "vq") for arg in (f"--{name}", str(exports[name]))]
-
-
-def test_sample_writes_one_npz_per_clip_and_reports_bad_audio(exports, clips, tmp_path, capsys):
+def test_sample_writes_one_npz_per_clip_and_reports_bad_audio(model_args, clips, tmp_path, capsys):
     out = tmp_path / "one"
-    code = sample_main(
-        [str(clips), *model_args(exports), "--out", str(out), "--reps", "2", "--sampler", "ddim5"]
-    )
+    code = sample_main([str(clips), *model_args, "--out", str(out), "--reps", "2", "--sampler", "ddim5"])
     assert code == 1  # d.wav failed
     text = capsys.readouterr().out
     assert (
@@ -84,7 +50,7 @@ def test_sample_writes_one_npz_per_clip_and_reports_bad_audio(exports, clips, tm
 
     before = (out / "a.npz").stat().st_mtime_ns
     code = sample_main(
-        [str(clips / "a.wav"), *model_args(exports), "--out", str(out), "--reps", "2", "--sampler", "ddim5"]
+        [str(clips / "a.wav"), *model_args, "--out", str(out), "--reps", "2", "--sampler", "ddim5"]
     )
     assert code == 0 and "4 already done" in capsys.readouterr().out
     assert (out / "a.npz").stat().st_mtime_ns == before
@@ -105,10 +71,10 @@ def assert_same_outputs(first, second, names):
 
 
 @pytest.mark.parametrize("nproc", [2, 3])
-def test_sharded_processes_give_the_same_arrays_as_one(exports, clips, tmp_path, nproc):
+def test_sharded_processes_give_the_same_arrays_as_one(model_args, clips, tmp_path, nproc):
     listed = tmp_path / "clips.txt"
     listed.write_text("\n".join(str(clips / name) for name in ("a.wav", "b.flac", "c.wav")))
-    args = [str(listed), *model_args(exports), "--reps", "2", "--sampler", "ddim5", "--seed", "4"]
+    args = [str(listed), *model_args, "--reps", "2", "--sampler", "ddim5", "--seed", "4"]
     assert sample_main([*args, "--out", str(tmp_path / "single")]) == 0
     done = torchrun(nproc, *args, "--out", str(tmp_path / "sharded"))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -119,12 +85,12 @@ def test_sharded_processes_give_the_same_arrays_as_one(exports, clips, tmp_path,
     assert not any((tmp_path / "sharded" / ".parts").rglob("*.npz"))  # parts gathered and removed
 
 
-def test_one_long_clip_split_by_windows_over_ranks_equals_one_process(exports, tmp_path):
+def test_one_long_clip_split_by_windows_over_ranks_equals_one_process(model_args, tmp_path):
     clip = tmp_path / "long.wav"
     sf.write(clip, np.random.default_rng(1).uniform(-0.5, 0.5, (48_000 * 5 + 3_000, 2)), 48_000)  # 151 frames
     args = [
         str(clip),
-        *model_args(exports),
+        *model_args,
         "--reps",
         "2",
         "--sampler",
@@ -143,7 +109,7 @@ def test_one_long_clip_split_by_windows_over_ranks_equals_one_process(exports, t
     assert int(out["window"]) == 60 and int(out["overlap"]) == 30
 
 
-def test_a_rerun_after_a_kill_samples_only_the_missing_items(exports, tmp_path):
+def test_a_rerun_after_a_kill_samples_only_the_missing_items(model_args, tmp_path):
     folder = tmp_path / "clips"
     folder.mkdir()
     rng = np.random.default_rng(2)
@@ -151,7 +117,7 @@ def test_a_rerun_after_a_kill_samples_only_the_missing_items(exports, tmp_path):
         sf.write(folder / f"clip{i}.wav", rng.uniform(-0.5, 0.5, (48_000 * 2, 2)), 48_000)
     args = [
         str(folder),
-        *model_args(exports),
+        *model_args,
         "--reps",
         "2",
         "--sampler",
@@ -178,10 +144,10 @@ def test_a_rerun_after_a_kill_samples_only_the_missing_items(exports, tmp_path):
 
 
 def test_sampling_a_split_names_chunks_and_writes_plots_and_reference_results(
-    exports, tiny_shards, clips, tmp_path
+    model_args, tiny_shards, clips, tmp_path
 ):
     out = tmp_path / "split"
-    args = [*model_args(exports), "--reps", "2", "--sampler", "ddim3", "--out", str(out)]
+    args = [*model_args, "--reps", "2", "--sampler", "ddim3", "--out", str(out)]
     assert sample_main([*args, "--data", str(tiny_shards["plain"]), "--split", "test"]) == 0
     names = sorted(p.stem for p in out.glob("*.npz"))
     assert len(names) == 4  # 4 test scenes of 20 s: one whole 600-frame chunk each

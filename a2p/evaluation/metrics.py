@@ -66,24 +66,33 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     return max(value, 0.0)
 
 
-def fd_static(pred: np.ndarray, gt: np.ndarray) -> float:
-    """FD_g between predicted and ground-truth chunks, both (C, T, D)."""
+def _frames(chunks: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """(N, D) frames of (C, T, D) chunks: all of them, or those where mask (C, T) is True."""
+    return chunks.reshape(-1, chunks.shape[-1]) if mask is None else chunks[np.asarray(mask, dtype=bool)]
+
+
+def fd_static(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """FD_g between predicted and ground-truth chunks, both (C, T, D); only frames where mask (C, T) holds."""
     pred, gt = _as_chunks(pred, "prediction"), _as_chunks(gt, "ground truth")
     return frechet_distance(
-        *gaussian_stats(gt.reshape(-1, gt.shape[-1]), "ground truth"),
-        *gaussian_stats(pred.reshape(-1, pred.shape[-1]), "prediction"),
+        *gaussian_stats(_frames(gt, mask), "ground truth"), *gaussian_stats(_frames(pred, mask), "prediction")
     )
 
 
-def fd_kinematic(pred: np.ndarray, gt: np.ndarray) -> float:
-    """FD_k: FD_g of frame-to-frame differences within each chunk."""
+def fd_kinematic(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """FD_k: FD_g of frame-to-frame differences within each chunk (between two valid frames)."""
     pred, gt = _as_chunks(pred, "prediction"), _as_chunks(gt, "ground truth")
-    return fd_static(np.diff(pred, axis=1), np.diff(gt, axis=1))
+    pairs = (
+        None if mask is None else np.asarray(mask, dtype=bool)[:, 1:] & np.asarray(mask, dtype=bool)[:, :-1]
+    )
+    return fd_static(np.diff(pred, axis=1), np.diff(gt, axis=1), pairs)
 
 
-def static_diversity(chunks: np.ndarray, pairs: int = DIVERSITY_PAIRS, seed: int = 0) -> float:
+def static_diversity(
+    chunks: np.ndarray, pairs: int = DIVERSITY_PAIRS, seed: int = 0, mask: np.ndarray | None = None
+) -> float:
     """Div_g: mean distance between `pairs` random pairs of frames (fewer if fewer frames exist)."""
-    frames = _as_chunks(chunks, "motion").reshape(-1, chunks.shape[-1])
+    frames = _frames(_as_chunks(chunks, "motion"), mask)
     count = min(pairs, frames.shape[0])
     if frames.shape[0] < 2:
         raise DataError("motion: static diversity needs at least 2 frames")
@@ -93,17 +102,24 @@ def static_diversity(chunks: np.ndarray, pairs: int = DIVERSITY_PAIRS, seed: int
     return float(np.linalg.norm(frames[first] - frames[second], axis=1).mean())
 
 
-def kinematic_diversity(chunks: np.ndarray) -> float:
-    """Div_k: variance over time of every channel of every chunk, averaged."""
-    return float(_as_chunks(chunks, "motion").var(axis=1).mean())
+def kinematic_diversity(chunks: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Div_k: variance over time of every channel of every chunk (over its valid frames), averaged."""
+    chunks = _as_chunks(chunks, "motion")
+    if mask is None:
+        return float(chunks.var(axis=1).mean())
+    mask = np.asarray(mask, dtype=bool)
+    per_chunk = [c[m].var(axis=0).mean() for c, m in zip(chunks, mask) if m.sum() >= 2]
+    if not per_chunk:
+        raise DataError("motion: kinematic diversity needs a chunk with at least 2 valid frames")
+    return float(np.mean(per_chunk))
 
 
-def variance_across_repetitions(pred: np.ndarray) -> float:
-    """Variance over the R repetitions (axis 0) of (R, C, T, D) predictions, averaged."""
+def variance_across_repetitions(pred: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Variance over the R repetitions (axis 0) of (R, C, T, D) predictions, averaged (over valid frames)."""
     pred = np.asarray(pred, dtype=np.float64)
     if pred.ndim != 4 or pred.shape[0] < 2:
         raise DataError(f"need (repetitions >= 2, chunks, frames, channels), got shape {pred.shape}")
-    return float(pred.var(axis=0).mean())
+    return float(_frames(pred.var(axis=0), mask).mean())
 
 
 @dataclass
@@ -115,11 +131,14 @@ class Metric:
     values: list[float]
 
 
-def motion_metrics(pred: np.ndarray, gt: np.ndarray, seed: int = 0) -> dict[str, object]:
+def motion_metrics(
+    pred: np.ndarray, gt: np.ndarray, seed: int = 0, mask: np.ndarray | None = None
+) -> dict[str, object]:
     """FD_g, FD_k, Div_g, Div_k per repetition of (R, C, T, D) predictions against (C, T, D) truth.
 
-    Returns {metric: Metric} plus the ground truth's own diversities, the variance across
-    repetitions and the number of frames behind each value.
+    mask (C, T): the frames that count (e.g. where the captured face is present); frame
+    differences count where both frames do. Returns {metric: Metric} plus the ground truth's own
+    diversities, the variance across repetitions and the number of frames behind each value.
     """
     pred = np.asarray(pred, dtype=np.float64)
     gt = _as_chunks(gt, "ground truth")
@@ -128,18 +147,20 @@ def motion_metrics(pred: np.ndarray, gt: np.ndarray, seed: int = 0) -> dict[str,
             f"predictions {pred.shape} do not match ground truth (R, {', '.join(map(str, gt.shape))})"
         )
     per_rep: dict[str, list[float]] = {"fd_g": [], "fd_k": [], "div_g": [], "div_k": []}
+    if mask is not None and np.shape(mask) != gt.shape[:2]:
+        raise DataError(f"mask {np.shape(mask)} does not match the chunks {gt.shape[:2]}")
     for rep in pred:
-        per_rep["fd_g"].append(fd_static(rep, gt))
-        per_rep["fd_k"].append(fd_kinematic(rep, gt))
-        per_rep["div_g"].append(static_diversity(rep, seed=seed))
-        per_rep["div_k"].append(kinematic_diversity(rep))
+        per_rep["fd_g"].append(fd_static(rep, gt, mask))
+        per_rep["fd_k"].append(fd_kinematic(rep, gt, mask))
+        per_rep["div_g"].append(static_diversity(rep, seed=seed, mask=mask))
+        per_rep["div_k"].append(kinematic_diversity(rep, mask))
     result: dict[str, object] = {
         name: Metric(float(np.mean(v)), float(np.std(v)), [float(x) for x in v])
         for name, v in per_rep.items()
     }
-    result["gt_div_g"] = static_diversity(gt, seed=seed)
-    result["gt_div_k"] = kinematic_diversity(gt)
-    result["var_reps"] = variance_across_repetitions(pred) if pred.shape[0] > 1 else None
+    result["gt_div_g"] = static_diversity(gt, seed=seed, mask=mask)
+    result["gt_div_k"] = kinematic_diversity(gt, mask)
+    result["var_reps"] = variance_across_repetitions(pred, mask) if pred.shape[0] > 1 else None
     result["repetitions"] = int(pred.shape[0])
-    result["frames"] = int(gt.shape[0] * gt.shape[1])
+    result["frames"] = int(gt.shape[0] * gt.shape[1] if mask is None else np.count_nonzero(mask))
     return result

@@ -34,6 +34,7 @@ from a2p.constants import (
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
 )
+from a2p.data.chunks import EVAL_CHUNK_FRAMES, iter_split_chunks
 from a2p.errors import A2PError, DataError
 from a2p.inference.export import Exported, load_export
 from a2p.inference.plots import motion_plot, write_png
@@ -268,38 +269,16 @@ def file_clips(inputs: list[str]) -> list[Clip]:
     return [Clip(path.stem, str(path), partial(read_audio, path)) for path in paths]
 
 
-def split_clips(shard_dir: str | Path, split: str = "test", chunk: int = CROP_MAX_FRAMES) -> Iterator[Clip]:
+def split_clips(shard_dir: str | Path, split: str = "test", chunk: int = EVAL_CHUNK_FRAMES) -> Iterator[Clip]:
     """The `chunk`-frame chunks of a shard set's split, in order, each frame of a scene at most once.
 
     Shards hold overlapping windows of every scene; a chunk is kept when it is whole and starts at
     or after the end of the scene's last kept chunk. Names are `{scene}_{first frame:06d}`. The
-    ground truth of the same chunks comes from `a2p.evaluation.run.split_truth`.
+    ground truth of the same chunks comes from the same `iter_split_chunks`.
     """
     for key, _first, batch in iter_split_chunks(shard_dir, split, chunk, audio=True):
         audio = batch["audio"][0].numpy()
         yield Clip(f"{key}", f"{shard_dir}:{split}:{key}", lambda audio=audio: (audio, []))
-
-
-def iter_split_chunks(
-    shard_dir: str | Path, split: str, chunk: int, audio: bool
-) -> Iterator[tuple[str, int, dict]]:
-    """(name, first frame in the scene, one-row batch) of every whole, non-repeating chunk of `split`."""
-    from a2p.data.pipeline import build_eval_loader
-
-    loader = build_eval_loader(
-        shard_dir, 1, split=split, rank=0, world_size=1, crop_frames=chunk, audio=audio,
-        features=False, normalize=False, pad_ranks=False,
-    )  # fmt: skip
-    covered: dict[str, int] = {}
-    for batch in loader:
-        if int(batch["length"][0]) < chunk:
-            continue
-        scene, window_start = str(batch["key"][0]).rsplit("_", 1)
-        first = int(window_start) + int(batch["start"][0])
-        if first < covered.get(scene, 0):
-            continue
-        covered[scene] = first + chunk
-        yield f"{scene}_{first:06d}", first, batch
 
 
 @dataclass

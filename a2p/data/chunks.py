@@ -1,0 +1,38 @@
+"""The fixed evaluation chunks of a split: what `a2p sample --data` samples and `a2p eval` scores.
+
+The reference evaluates the test split in 600-frame chunks. Shards hold overlapping windows of
+every scene, so chunks are cut from each window in order and a chunk is kept when it is whole
+and starts at or after the end of its scene's last kept chunk: every frame is scored at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from a2p.constants import CROP_MAX_FRAMES
+
+EVAL_CHUNK_FRAMES = CROP_MAX_FRAMES
+"""Frames per evaluation chunk (the reference's 600)."""
+
+
+def iter_split_chunks(
+    shard_dir: str | Path, split: str, chunk: int = EVAL_CHUNK_FRAMES, audio: bool = True
+) -> Iterator[tuple[str, int, dict]]:
+    """(name, first frame in the scene, one-row batch) of every whole, non-repeating chunk of `split`."""
+    from a2p.data.pipeline import build_eval_loader
+
+    loader = build_eval_loader(
+        shard_dir, 1, split=split, rank=0, world_size=1, crop_frames=chunk, audio=audio,
+        features=False, normalize=False, pad_ranks=False,
+    )  # fmt: skip
+    covered: dict[str, int] = {}
+    for batch in loader:
+        if int(batch["length"][0]) < chunk:
+            continue
+        scene, window_start = str(batch["key"][0]).rsplit("_", 1)
+        first = int(window_start) + int(batch["start"][0])
+        if first < covered.get(scene, 0):
+            continue
+        covered[scene] = first + chunk
+        yield f"{scene}_{first:06d}", first, batch
