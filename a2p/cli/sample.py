@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results-npy", action="store_true", help="also write CLIP_results.npy in the reference's layout"
     )
+    parser.add_argument("--bf16", action="store_true", help="run the networks under bfloat16 autocast (GPUs)")
     parser.add_argument("--device", default=None, help="default: this rank's GPU if any, else cpu")
     return parser
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = RunSettings(
         reps=args.reps, setting=args.sampler, seed=args.seed, shard=args.shard,
         windowing=Windowing(args.window, args.overlap, args.window_batch),
-        results_npy=args.results_npy, plot=args.plot,
+        results_npy=args.results_npy, plot=args.plot, bf16=args.bf16,
     )  # fmt: skip
     collectives = Collectives()
     if info.world_size > 1:

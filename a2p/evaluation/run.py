@@ -18,7 +18,6 @@ from a2p.data.chunks import EVAL_CHUNK_FRAMES, iter_split_chunks
 from a2p.errors import DataError
 from a2p.evaluation.metrics import Metric, motion_metrics
 
-
 PARTS = ("body", "face")
 REPORTED = ("fd_g", "fd_k", "div_g", "div_k")
 

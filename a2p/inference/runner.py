@@ -176,14 +176,15 @@ def sample_part(
         audio = np.pad(audio, ((0, (padded - frames) * SAMPLES_PER_FRAME), (0, 0)))
         plan = WindowPlan.build(padded, windowing.window, windowing.overlap)
     length = audio.shape[0] // SAMPLES_PER_FRAME
-    features = featurize_long(featurizer, torch.from_numpy(audio)[None].to(device))  # (1, F, C), once
+    with torch.autocast(device.type, enabled=False):  # features in float32 even under --bf16
+        features = featurize_long(featurizer, torch.from_numpy(audio)[None].to(device))  # (1, F, C), once
     window_args = {"plan": plan, "window_batch": windowing.batch, **vars(sharing)}
     if part == "face":
         face = sample_motion(
             models.face.model, features, length, reps=len(reps), setting=setting,
             guidance=DEFAULT_GUIDANCE["face"], generators=noise_generators(seed + 1, reps, device), **window_args,
         )  # fmt: skip
-        return {"face": _denormalize(face[:, :frames].cpu().numpy(), models.face.stats, "face")}
+        return {"face": _denormalize(face[:, :frames].float().cpu().numpy(), models.face.stats, "face")}
     token_generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in reps]
     rows = features.expand(len(reps), *features.shape[1:])
     if plan is None:
@@ -201,7 +202,7 @@ def sample_part(
     stats = models.body.stats
     kept = math.ceil(frames / KEYFRAME_INTERVAL)
     return {
-        "body": _denormalize(body[:, :frames].cpu().numpy(), stats, "body"),
+        "body": _denormalize(body[:, :frames].float().cpu().numpy(), stats, "body"),
         "keyframes": _denormalize(guide[:, :kept].float().cpu().numpy(), stats, "body"),
     }
 
@@ -316,6 +317,8 @@ class RunSettings:
     """items: (clip, part, repetition) items split over ranks; windows: every clip's windows split over ranks."""
     results_npy: bool = False
     plot: bool = False
+    bf16: bool = False
+    """Run the networks under bfloat16 autocast (the sampler's state stays float32)."""
 
 
 def part_path(out_dir: Path, clip: str, part: str, rep: int) -> Path:
@@ -348,16 +351,18 @@ def run(
     names: list[str] = []
     sources: dict[str, str] = {}
     bar = tqdm(clips, desc="clips", disable=not progress, unit="clip")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     for index, clip in enumerate(bar):
         names.append(clip.name)
         sources[clip.name] = clip.source
-        if settings.shard == "windows":
-            _run_clip_windows(clip, models, featurizer, out_dir, settings, rank, world_size, device,
-                              collectives, summary)  # fmt: skip
-        else:
-            _run_clip_items(
-                clip, index, models, featurizer, out_dir, settings, rank, world_size, device, summary
-            )
+        with autocast:
+            if settings.shard == "windows":
+                _run_clip_windows(clip, models, featurizer, out_dir, settings, rank, world_size, device,
+                                  collectives, summary)  # fmt: skip
+            else:
+                _run_clip_items(
+                    clip, index, models, featurizer, out_dir, settings, rank, world_size, device, summary
+                )
     collectives.barrier()  # every part of every clip is written
     if settings.shard == "items":
         for index, name in enumerate(names):
