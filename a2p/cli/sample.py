@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results-npy", action="store_true", help="also write CLIP_results.npy in the reference's layout"
     )
+    parser.add_argument(
+        "--face-guidance", type=float, default=10.0, help="face CFG scale (the reference's 10)"
+    )
+    parser.add_argument("--body-guidance", type=float, default=2.0, help="body CFG scale (the reference's 2)")
     parser.add_argument("--bf16", action="store_true", help="run the networks under bfloat16 autocast (GPUs)")
     parser.add_argument("--device", default=None, help="default: this rank's GPU if any, else cpu")
     return parser
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         reps=args.reps, setting=args.sampler, seed=args.seed, shard=args.shard,
         windowing=Windowing(args.window, args.overlap, args.window_batch),
         results_npy=args.results_npy, plot=args.plot, bf16=args.bf16,
+        guidance={"face": args.face_guidance, "body": args.body_guidance},
     )  # fmt: skip
     collectives = Collectives()
     if info.world_size > 1:

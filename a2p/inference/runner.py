@@ -163,6 +163,7 @@ def sample_part(
     device: torch.device,
     windowing: Windowing = Windowing(),
     sharing: Sharing = Sharing(),
+    guidance: float | None = None,
 ) -> dict[str, np.ndarray]:
     """One part ("face" or "body", with its keyframes) of the repetitions `reps` of one clip.
 
@@ -179,10 +180,11 @@ def sample_part(
     with torch.autocast(device.type, enabled=False):  # features in float32 even under --bf16
         features = featurize_long(featurizer, torch.from_numpy(audio)[None].to(device))  # (1, F, C), once
     window_args = {"plan": plan, "window_batch": windowing.batch, **vars(sharing)}
+    scale = DEFAULT_GUIDANCE[part] if guidance is None else guidance
     if part == "face":
         face = sample_motion(
             models.face.model, features, length, reps=len(reps), setting=setting,
-            guidance=DEFAULT_GUIDANCE["face"], generators=noise_generators(seed + 1, reps, device), **window_args,
+            guidance=scale, generators=noise_generators(seed + 1, reps, device), **window_args,
         )  # fmt: skip
         return {"face": _denormalize(face[:, :frames].float().cpu().numpy(), models.face.stats, "face")}
     token_generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in reps]
@@ -197,7 +199,7 @@ def sample_part(
     guide = models.vq.model.decode_codes(codes)  # (reps, K, 104), normalized like the body
     body = sample_motion(
         models.body.model, features, length, guide=guide, reps=len(reps), setting=setting,
-        guidance=DEFAULT_GUIDANCE["body"], generators=noise_generators(seed, reps, device), **window_args,
+        guidance=scale, generators=noise_generators(seed, reps, device), **window_args,
     )  # fmt: skip
     stats = models.body.stats
     kept = math.ceil(frames / KEYFRAME_INTERVAL)
@@ -223,13 +225,14 @@ def sample_clip(
     device: torch.device,
     windowing: Windowing = Windowing(),
     sharing: Sharing = Sharing(),
+    guidance: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Face (reps, T, 256), body (reps, T, 104) and keyframes (reps, K, 104) of one clip."""
     arrays: dict[str, np.ndarray] = {}
     for part in PARTS:
         arrays |= sample_part(
             models, featurizer, audio, part, list(range(reps)), setting=setting, seed=seed,
-            device=device, windowing=windowing, sharing=sharing,
+            device=device, windowing=windowing, sharing=sharing, guidance=(guidance or DEFAULT_GUIDANCE)[part],
         )  # fmt: skip
     return arrays
 
@@ -319,6 +322,8 @@ class RunSettings:
     plot: bool = False
     bf16: bool = False
     """Run the networks under bfloat16 autocast (the sampler's state stays float32)."""
+    guidance: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GUIDANCE))
+    """Classifier-free guidance scale per part."""
 
 
 def part_path(out_dir: Path, clip: str, part: str, rep: int) -> Path:
@@ -408,7 +413,7 @@ def _run_clip_items(
     for part, reps in todo.items():
         arrays = sample_part(
             models, featurizer, audio, part, reps, setting=settings.setting, seed=seed, device=device,
-            windowing=settings.windowing,
+            windowing=settings.windowing, guidance=settings.guidance[part],
         )  # fmt: skip
         for row, rep in enumerate(reps):
             target = part_path(out_dir, clip.name, part, rep)
@@ -441,6 +446,7 @@ def _run_clip_windows(
     arrays = sample_clip(
         models, featurizer, audio, reps=settings.reps, setting=settings.setting,
         seed=clip_seed(settings.seed, clip.name), device=device, windowing=settings.windowing, sharing=sharing,
+        guidance=settings.guidance,
     )  # fmt: skip
     if rank == 0:
         _write_clip(out_dir, clip.name, clip.source, arrays, audio, models, settings)
@@ -522,6 +528,7 @@ def _write_clip(
             "seed": clip_seed(settings.seed, name),
             "source": source,
             "models": json.dumps(models.paths),
+            "guidance": json.dumps(settings.guidance),
             "window": settings.windowing.window,
             "overlap": settings.windowing.overlap,
         },
