@@ -17,6 +17,7 @@ import numpy as np
 from a2p.data.chunks import EVAL_CHUNK_FRAMES, iter_split_chunks
 from a2p.errors import DataError
 from a2p.evaluation.metrics import Metric, motion_metrics
+from a2p.fileio import write_atomic
 
 PARTS = ("body", "face")
 REPORTED = ("fd_g", "fd_k", "div_g", "div_k")
@@ -98,7 +99,4 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     """The report as JSON, written to a temporary name and renamed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode()))

@@ -15,7 +15,6 @@ envelope from zero), so a flat signal draws on the panel's bottom row.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from a2p.constants import AUDIO_CHANNELS, FPS, SAMPLE_RATE
 from a2p.errors import A2PError
+from a2p.fileio import write_atomic
 
 PANEL_HEIGHT = 64
 """Rows per panel, `PANEL_PADDING` of them kept free at its top and bottom."""
@@ -133,17 +133,7 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
             _png_chunk(b"IEND", b""),
         )
     )
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: f.write(data))
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

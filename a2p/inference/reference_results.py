@@ -36,13 +36,13 @@ only with `--render_gt`, but loads the face's `gt` key always, so the key must e
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from a2p.constants import AUDIO_CHANNELS, FACE_DIM, FPS, KEYFRAME_INTERVAL, POSE_DIM, SAMPLE_RATE
 from a2p.errors import A2PError
+from a2p.fileio import write_atomic
 
 RESULT_KEYS = ("motions", "audio", "gt", "lengths", "keyframes")
 """The keys of one reference `results.npy` dictionary."""
@@ -121,18 +121,7 @@ def write_results_npy(path: str | Path, results: dict[str, np.ndarray]) -> None:
     """
     if set(results) != set(RESULT_KEYS):
         raise A2PError(f"a results dictionary has the keys {RESULT_KEYS}, not {tuple(results)}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, results, allow_pickle=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, lambda f: np.save(f, results, allow_pickle=True))
 
 
 def write_reference_results(
@@ -196,15 +185,3 @@ def _reference_motion(motion: np.ndarray) -> np.ndarray:
 def _check_width(motion: np.ndarray, width: int, name: str) -> None:
     if motion.ndim != 3 or motion.shape[2] != width or motion.shape[1] == 0:
         raise A2PError(f"{name} has shape {motion.shape}; expected (reps, T, {width})")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

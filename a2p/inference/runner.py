@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from a2p.constants import (
 )
 from a2p.data.chunks import EVAL_CHUNK_FRAMES, iter_split_chunks
 from a2p.errors import A2PError, DataError
+from a2p.fileio import write_atomic
 from a2p.inference.export import Exported, load_export
 from a2p.inference.plots import motion_plot, write_png
 from a2p.inference.reference_results import reference_results, write_reference_results
@@ -238,12 +238,7 @@ def sample_clip(
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray | str | int | float]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 @dataclass(frozen=True)
