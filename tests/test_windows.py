@@ -52,6 +52,11 @@ def test_plan_covers_the_clip_with_keyframe_aligned_overlapping_windows():
         with pytest.raises(ConfigError):
             WindowPlan.build(600, **bad)
     assert [list(uneven.block(r, 3)) for r in range(3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    # ranks exchange only where their blocks meet: window 2 (150-300) / 3 (240-390), 5 (390-540) / 6 (480-630)
+    shared = uneven.shared_frames(3).tolist()
+    assert shared == list(range(240, 300)) + list(range(480, 540))
+    owners = uneven.frame_owners(3)
+    assert owners[:300].eq(0).all() and owners[300:540].eq(1).all() and owners[540:].eq(2).all()
 
 
 def test_weights_crossfade_across_every_overlap():
@@ -148,7 +153,7 @@ def _sample_shared(rank: int, world_size: int, port: int, queue) -> None:
             body, features, 270, guide=guide, reps=2, setting="ddim4", guidance=2.0, seed=7, plan=plan,
             rank=rank, world_size=world_size, all_reduce=dist.all_reduce,
         )  # fmt: skip
-        queue.put((rank, out))
+        queue.put((rank, out.numpy()))  # pickled: a shared tensor would die with this process
     finally:
         dist.destroy_process_group()
 
@@ -171,5 +176,5 @@ def test_windows_split_over_ranks_give_the_single_process_result(body, world_siz
         p.join(timeout=60)
         assert p.exitcode == 0
     for rank in range(world_size):  # every rank holds the whole clip, and it is the 1-process clip
-        torch.testing.assert_close(results[rank], single, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.from_numpy(results[rank]), single, rtol=1e-4, atol=1e-4)
     assert not torch.equal(single[0], single[1])

@@ -109,7 +109,8 @@ def sample_motion(
             window_batch=window_batch,
         )  # fmt: skip
         model = guided_model(denoise, guidance, batched=True)
-        return sample(model, schedule, shape, sampler=parsed.sampler, generator=generators, device=device)
+        out = sample(model, schedule, shape, sampler=parsed.sampler, generator=generators, device=device)
+        return denoise.gather(out)
     if guide is not None and guide.shape[0] == reps > 1:
         # one guide per repetition (keyframes sampled per repetition): encode all rows once
         condition = denoiser.encode_condition(features.expand(reps, *features.shape[1:]), guide)

@@ -11,11 +11,13 @@ construction, and the crossfade makes the seam smooth. This is the symmetric cou
 EDGE's long-form scheme (Tseng et al., 2023, Sec. 3.3), which instead overwrites one half with
 the other.
 
-Windows can be split over ranks: each rank predicts a contiguous block of windows and the
-weighted sums are added up with one all-reduce per step, so every rank holds the same x_t. The
-result is the same for any number of ranks up to float rounding: the order in which a frame's
-two (rarely three) window terms are added, and how a batch of windows is split between matrix
-multiplications, may differ.
+Windows can be split over ranks: each rank predicts a contiguous block of windows. The samplers'
+updates act frame by frame, so a rank only needs x0 right on the frames of its own windows:
+every step, neighbouring ranks add up their weighted sums on the frames their blocks share (one
+small all-reduce of just those overlap frames), and at the end each frame is taken from the rank
+that owns it (one all-reduce of the clip). The result is the same for any number of ranks up to
+float rounding: the order in which a frame's two (rarely three) window terms are added, and how
+a batch of windows is split between matrix multiplications, may differ.
 
 The guide's keyframes continue across windows: each window after the first generates its new
 keyframes after the ones its overlap already holds, as a prefix.
@@ -87,6 +89,24 @@ class WindowPlan:
             w[i - 1, self.window - shared :] = torch.minimum(w[i - 1, self.window - shared :], ramp.flip(0))
         return w
 
+    def frame_owners(self, world_size: int) -> Tensor:
+        """(frames,) long: the lowest rank whose block of windows covers each frame."""
+        owner = torch.full((self.frames,), world_size, dtype=torch.long)
+        for rank in reversed(range(world_size)):
+            for i in self.block(rank, world_size):
+                owner[self.starts[i] : self.starts[i] + self.window] = rank
+        return owner
+
+    def shared_frames(self, world_size: int) -> Tensor:
+        """Indices of the frames covered by windows of two ranks (the overlaps at block boundaries)."""
+        covering = torch.zeros(self.frames, dtype=torch.long)
+        for rank in range(world_size):
+            seen = torch.zeros(self.frames, dtype=torch.bool)
+            for i in self.block(rank, world_size):
+                seen[self.starts[i] : self.starts[i] + self.window] = True
+            covering += seen
+        return torch.nonzero(covering > 1).flatten()
+
     def block(self, rank: int, world_size: int) -> range:
         """The contiguous windows rank `rank` of `world_size` predicts (possibly none)."""
         per = math.ceil(self.count / world_size)
@@ -131,6 +151,10 @@ class WindowedDenoiser:
         self.all_reduce = all_reduce
         if world_size > 1 and all_reduce is None:
             raise ValueError("windows split over ranks need an all_reduce")
+        device = condition.pooled.device
+        owner = plan.frame_owners(world_size).to(device)  # (T,) the first rank whose windows cover a frame
+        self.owned = owner == rank
+        self.shared_frames = plan.shared_frames(world_size).to(device)  # frames two ranks' windows cover
         self.window_batch = window_batch
         audio_length = condition.audio_kv[0][0].shape[2]
         guide_length = condition.guide_kv[0][0].shape[2] if condition.guide_kv is not None else None
@@ -181,9 +205,20 @@ class WindowedDenoiser:
             for k, i in enumerate(windows):
                 start = plan.starts[i]
                 total[:, start : start + size] += self.weights[i][:, None] * x0[:, k].float()
-        if self.all_reduce is not None:
-            self.all_reduce(total)
+        if self.all_reduce is not None:  # exchange only the frames where neighbouring blocks overlap
+            boundary = total[:, self.shared_frames].contiguous()
+            self.all_reduce(boundary)
+            total[:, self.shared_frames] = boundary
+        # frames outside this rank's windows hold garbage here; `gather` never reads them
         return (total / self.total[:, None]).to(x_t.dtype)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """The whole clip on every rank: each frame from the rank that owns it (one all-reduce at the end)."""
+        if self.all_reduce is None:
+            return x
+        out = torch.where(self.owned[None, :, None], x, torch.zeros_like(x)).contiguous()
+        self.all_reduce(out)
+        return out
 
 
 @torch.no_grad()
