@@ -20,18 +20,25 @@ from torch import Tensor
 
 from a2p.diffusion import (
     NUM_TRAIN_STEPS,
+    Model,
     NoiseSchedule,
     cosine_schedule,
     guided_model,
+    randn,
     respaced_schedule,
     sample,
 )
+from a2p.diffusion.parallel import picard_ddim
 from a2p.errors import ConfigError
 from a2p.inference.windows import AllReduce, WindowedDenoiser, WindowPlan
 from a2p.models.denoiser import Condition, Denoiser
 
-SAMPLER_NAMES = {"ddim": "ddim", "dpmpp": "dpmpp_2m"}
-_SETTING = re.compile(r"^(ddim|dpmpp)(\d+)$")
+SAMPLER_NAMES = {"ddim": "ddim", "dpmpp": "dpmpp_2m", "paraddim": "picard_ddim"}
+_SETTING = re.compile(r"^(ddim|dpmpp|paraddim)(\d+)$")
+PICARD_WINDOW = 16
+"""Steps per batched model call of parallel-in-time DDIM (`paraddimN`)."""
+PICARD_TOLERANCE = 1e-3
+"""Convergence tolerance of parallel-in-time DDIM, relative to each step's noise level."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,15 @@ class SamplerSetting:
         match = _SETTING.match(text)
         if not match:
             raise ConfigError(
-                f"unknown sampler setting {text!r}: use ddimN (e.g. ddim500) or dpmppN (e.g. dpmpp25)"
+                f"unknown sampler setting {text!r}: use ddimN (e.g. ddim500), dpmppN (e.g. dpmpp25) "
+                "or paraddimN (parallel-in-time DDIM, e.g. paraddim500)"
             )
         family, steps = match.group(1), int(match.group(2))
         if not 1 <= steps <= NUM_TRAIN_STEPS:
             raise ConfigError(f"sampler setting {text!r}: steps must lie in [1, {NUM_TRAIN_STEPS}]")
         # ddimN asks for the reference's stride spacing; other step counts use even spacing
-        spacing = f"ddim{steps}" if family == "ddim" and NUM_TRAIN_STEPS % steps == 0 else str(steps)
+        stride = family in ("ddim", "paraddim") and NUM_TRAIN_STEPS % steps == 0
+        spacing = f"ddim{steps}" if stride else str(steps)
         return cls(SAMPLER_NAMES[family], steps, spacing)
 
 
@@ -109,7 +118,7 @@ def sample_motion(
             window_batch=window_batch,
         )  # fmt: skip
         model = guided_model(denoise, guidance, batched=True)
-        out = sample(model, schedule, shape, sampler=parsed.sampler, generator=generators, device=device)
+        out = run_setting(model, schedule, shape, parsed, generators, device)
         return denoise.gather(out)
     if guide is not None and guide.shape[0] == reps > 1:
         # one guide per repetition (keyframes sampled per repetition): encode all rows once
@@ -120,12 +129,35 @@ def sample_motion(
     if guidance != 1.0:
         condition = denoiser.expand_for_cfg(condition)  # (2 reps) rows: conditional first
 
+    groups = 2 if guidance != 1.0 else 1  # [conditional rows; unconditional rows]
+    tiled: dict[int, Condition] = {condition.batch_size: condition}
+
     def denoise(x_t: Tensor, t: Tensor, keep_mask: Tensor) -> Tensor:
-        # keep_mask is implied by the row order of the expanded condition
-        return denoiser(x_t, t, condition)
+        # keep_mask is implied by the row order of the expanded condition. Parallel-in-time
+        # sampling stacks k steps of each group: tile each group's rows k times to match.
+        if x_t.shape[0] not in tiled:
+            k = x_t.shape[0] // condition.batch_size
+            parts = condition.map(lambda x: x.unflatten(0, (groups, -1)))
+            tiled[x_t.shape[0]] = parts.map(lambda x: x.repeat_interleave(k, dim=0).flatten(0, 1))
+        return denoiser(x_t, t, tiled[x_t.shape[0]])
 
     model = guided_model(denoise, guidance, batched=True)
-    return sample(model, schedule, shape, sampler=parsed.sampler, generator=generators, device=device)
+    return run_setting(model, schedule, shape, parsed, generators, device)
+
+
+def run_setting(
+    model: Model,
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    setting: SamplerSetting,
+    generators: list[torch.Generator],
+    device: torch.device,
+) -> Tensor:
+    """Sample `shape` with the setting's sampler, from noise drawn by one generator per row."""
+    if setting.sampler == "picard_ddim":
+        noise = randn(shape, generators, device)
+        return picard_ddim(model, schedule, noise, window=PICARD_WINDOW, tolerance=PICARD_TOLERANCE)
+    return sample(model, schedule, shape, sampler=setting.sampler, generator=generators, device=device)
 
 
 def encode_windows(
@@ -163,6 +195,7 @@ def sample_motion_reference(
     """The reference's loop: repetitions in turn, featurize + encode inside every step, two passes."""
     device = audio.device
     parsed, schedule = setting_schedule(setting, device)
+    sequential = "ddim" if parsed.sampler == "picard_ddim" else parsed.sampler
     outputs = []
     for generator in repetition_generators(seed, reps, device):
 
@@ -174,6 +207,7 @@ def sample_motion_reference(
         model = guided_model(denoise, guidance, batched=False)
         shape = (1, frames, denoiser.config.motion_dim)
         outputs.append(
-            sample(model, schedule, shape, sampler=parsed.sampler, generator=[generator], device=device)
+            # the reference had no parallel-in-time sampler: paraddimN runs as plain DDIM here
+            sample(model, schedule, shape, sampler=sequential, generator=[generator], device=device)
         )
     return torch.cat(outputs)
