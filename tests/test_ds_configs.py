@@ -17,9 +17,9 @@ def test_shipped_config_is_consistent_with_the_trainer(path):
     assert ds["train_batch_size"] == config.batch_size * config.grad_accum * 4
     assert ds["train_micro_batch_size_per_gpu"] == config.batch_size
     assert ds["bf16"]["enabled"] is True
-    assert ds["zero_optimization"]["stage"] in (1, 2)
+    assert ds["zero_optimization"]["stage"] in (1, 2, 3)
     assert "optimizer" not in ds and "scheduler" not in ds
 
 
-def test_there_are_configs_for_zero_1_and_2():
-    assert {p.name for p in DS_CONFIGS} >= {"zero1.json", "zero2.json"}
+def test_there_are_configs_for_zero_1_2_and_3():
+    assert {p.name for p in DS_CONFIGS} >= {"zero1.json", "zero2.json", "zero3.json"}

@@ -3,12 +3,17 @@
     python tests/trainer_utils.py RUN_DIR [--resume latest] [--set section.key=value ...]
     torchrun --nproc_per_node 2 tests/trainer_utils.py RUN_DIR --set ...
 
+With `DUMP_ENGINE_ENV`=DIR in the environment (DeepSpeed runs) it also writes the engine's full
+fp32 weights, Adam moments and step counts to DIR/after_load.pt after a resume and to
+DIR/saved_NNNNNN.pt after each save.
+
 The script exits with the trainer's exit code (0 done, 75 preempted, 2 user error).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,8 @@ TEST_DEFAULTS = (
     "train.batch_size=4",
 )
 """Settings every toy test run starts from (exact arithmetic, quiet, fast learning)."""
+DUMP_ENGINE_ENV = "A2P_TEST_DUMP_ENGINE"
+"""Environment variable naming the folder of `dump_engine_state` files (see the module doc)."""
 
 
 def toy_config(*overrides: str) -> Any:
@@ -55,6 +62,41 @@ def load_pt(checkpoint: str | Path, name: str) -> Any:
     return torch.load(Path(checkpoint) / name, map_location="cpu", weights_only=True)
 
 
+def dump_engine_state(engine: Any, path: Path) -> None:
+    """Write a DeepSpeed engine's full fp32 weights, Adam moments and optimizer step counts (every
+    rank calls it: assembling ZeRO partitions is a collective; rank 0 writes)."""
+    import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    params = {}
+    for name, param in engine.module.named_parameters():
+        params[name] = {"fp32": safe_get_full_fp32_param(param).cpu()}
+        for key in ("exp_avg", "exp_avg_sq"):
+            params[name][key] = safe_get_full_optimizer_state(param, key).cpu()
+    steps = sorted({int(state["step"]) for state in engine.optimizer.optimizer.state.values()})
+    if dist.get_rank() == 0:
+        torch.save({"params": params, "steps": steps}, path)
+
+
+def _dump_engine_states(directory: Path) -> None:
+    """Make the trainer call `dump_engine_state` after loading a checkpoint and after each save."""
+    from a2p.training.trainer import Trainer
+
+    load, save = Trainer._load, Trainer._save
+
+    def load_and_dump(self, path, engine, *args):
+        step = load(self, path, engine, *args)
+        dump_engine_state(engine, directory / "after_load.pt")
+        return step
+
+    def save_and_dump(self, step, engine, *args):
+        saved = save(self, step, engine, *args)
+        dump_engine_state(engine, directory / f"saved_{step:06d}.pt")
+        return saved
+
+    Trainer._load, Trainer._save = load_and_dump, save_and_dump
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the toy task in this process (one rank of a job, or the only one)."""
     torch.set_num_threads(1)
@@ -67,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
+    if os.environ.get(DUMP_ENGINE_ENV):
+        dump_dir = Path(os.environ[DUMP_ENGINE_ENV])
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        _dump_engine_states(dump_dir)
     setup_logging(rank=distributed.rank_info().rank)
 
     @reports_errors

@@ -18,7 +18,8 @@ Layout of a run directory:
           scheduler.pt         LR scheduler state_dict
           rank_00000.pt        per rank: {"rng": python/numpy/torch/accelerator states, "data": loader position}
           rank_00001.pt
-          deepspeed/           DeepSpeed engine checkpoint (every rank writes its shard), if used
+          deepspeed/engine/    DeepSpeed engine checkpoint (every rank writes its shard), if used
+          deepspeed/universal/ its universal form, made by the first resume on another rank count
 
 A save writes everything into `checkpoints/.step_000300.tmp/`, fsyncs, renames it to
 `step_000300/` and then rewrites `latest` (temp file + rename). A crash at any point leaves the
@@ -28,6 +29,9 @@ All ranks call `save_checkpoint`; the directory must be on a filesystem every ra
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -54,6 +58,13 @@ LATEST = "latest"
 """Name of the pointer file naming the newest step directory."""
 META = "meta.json"
 """Metadata file, the last one written into a step directory."""
+
+DEEPSPEED_DIR = "deepspeed"
+"""Folder of a step directory that holds the DeepSpeed engine's checkpoint."""
+ENGINE_TAG = "engine"
+"""DeepSpeed tag (sub-folder of `deepspeed/`) of the ZeRO shards as the engine wrote them."""
+UNIVERSAL_TAG = "universal"
+"""DeepSpeed tag (sub-folder of `deepspeed/`) of their universal form, loadable on any rank count."""
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -134,6 +145,11 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -296,3 +312,66 @@ def prune(root: Path, keep: int) -> list[Path]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+# --- DeepSpeed universal checkpoints -----------------------------------------------------------
+
+
+def universal_checkpoint(checkpoint: str | Path) -> Path:
+    """The universal form of a checkpoint's ZeRO shards, converted on first use; every rank calls it.
+
+    ZeRO shards are cut for the rank count that wrote them. DeepSpeed's universal format keeps
+    each parameter's fp32 weights and Adam moments whole, and an engine configured with
+    `"checkpoint": {"load_universal": true}` re-cuts them for its own rank count. Rank 0 converts
+    `deepspeed/engine/` into a temp folder and renames it to `deepspeed/universal/`, so it is
+    either complete or absent, is reused by a later resume and goes away with its checkpoint;
+    the other ranks wait. Returns the `deepspeed/` folder to load with tag `UNIVERSAL_TAG`.
+    Raises `A2PError` on every rank if the conversion fails.
+    """
+    root = Path(checkpoint) / DEEPSPEED_DIR
+    final = root / UNIVERSAL_TAG
+    error = None
+    if distributed.rank_info().is_main and not final.is_dir():
+        try:
+            _convert_to_universal(root / ENGINE_TAG, final)
+        except Exception as err:  # any failure of the converter is reported on every rank below
+            logger.debug("universal conversion failed", exc_info=True)
+            error = f"{type(err).__name__}: {err}"
+    errors = [e for e in distributed.all_gather_objects(error) if e]  # also the barrier
+    if errors:
+        raise A2PError(
+            f"{root / ENGINE_TAG}: conversion to a DeepSpeed universal checkpoint failed ({errors[0]})"
+        )
+    return root
+
+
+def _convert_to_universal(engine_dir: Path, final: Path) -> None:
+    """Run DeepSpeed's `ds_to_universal` on `engine_dir`, writing `final` atomically."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    if not engine_dir.is_dir():
+        raise A2PError(f"{engine_dir}: no DeepSpeed engine checkpoint to convert")
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a conversion that crashed
+    # The converter also writes `latest_universal` beside its output: keep that inside tmp.
+    out = tmp / final.name
+    args = argparse.Namespace(
+        input_folder=str(engine_dir),
+        output_folder=str(out),
+        num_extract_workers=1,  # in this process: no process pool
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # ZeRO-1/2 engines do not record the (empty) model-parallel info
+    )
+    printed = io.StringIO()
+    logger.info("converting %s to a DeepSpeed universal checkpoint", engine_dir)
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        ds_to_universal.main(args)
+    logger.debug("ds_to_universal: %s", printed.getvalue())
+    for path in out.rglob("*"):
+        if path.is_file():
+            _fsync_file(path)
+    os.replace(out, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -5,9 +5,12 @@ gradient accumulation and clipping, EMA per optimizer step, metrics, checkpoints
 preemption. A task (`a2p.training.tasks.Task`) owns its model, data stream, loss and evaluation.
 
 Backends: `ddp` goes through `accelerator.prepare` (DistributedDataParallel, or nothing on one
-process); `deepspeed` builds a DeepSpeed engine (ZeRO-1/2) directly from the JSON config, because
-Accelerate 1.15's DeepSpeed plugin cannot be used without `transformers` installed. Both differ
-only in `_AccelerateStepper` / `_DeepSpeedStepper` and in how checkpoints store optimizer state.
+process); `deepspeed` builds a DeepSpeed engine (ZeRO-1/2/3) directly from the JSON config,
+because Accelerate 1.15's DeepSpeed plugin cannot be used without `transformers` installed. Both
+differ only in `_AccelerateStepper` / `_DeepSpeedStepper` and in how checkpoints store optimizer
+state. Under ZeRO-3 the module's parameters are partitioned over the ranks: the EMA then averages
+each rank's partition (`_PartitionedEMA`), and checkpoints, exports and evaluation read gathered
+full weights.
 
 Launch the same code under any launcher; on CPU-only machines use torchrun for several processes
 (`torchrun --nproc_per_node 2 -m a2p.cli.train ...`): `accelerate launch --cpu --num_processes 2`
@@ -15,8 +18,10 @@ starts a single process. The task's data stream never passes through `accelerato
 (Accelerate would re-shard or dispatch it); tasks split their data by rank themselves.
 
 Exactness: a run resumed from a checkpoint at step k reproduces the uninterrupted run bit for bit
-on the same number of ranks (fp32 on CPU; GPU kernels may not be deterministic). The learning-rate
-schedule spans `train.schedule.total_steps` (default `train.max_steps`), so changing
+on the same number of ranks (fp32 on CPU; GPU kernels may not be deterministic). A DeepSpeed run
+resumed on another number of ranks keeps its fp32 weights and Adam moments through DeepSpeed's
+universal checkpoint format (converted once per checkpoint), but not the per-rank random streams.
+The learning-rate schedule spans `train.schedule.total_steps` (default `train.max_steps`), so changing
 `max_steps` on resume changes the schedule unless `total_steps` is set.
 """
 
@@ -205,8 +210,6 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
             )
         ds.setdefault(section, {})["enabled"] = enabled
     zero = ds.setdefault("zero_optimization", {})
-    if zero.get("stage", 0) == 3:
-        raise ConfigError(f"{path}: ZeRO stage 3 is not supported by the trainer yet (use stage 1 or 2)")
     if zero.get("elastic_checkpoint"):
         raise ConfigError(f"{path}: elastic_checkpoint does not resume exactly; remove it")
     return ds
@@ -384,18 +387,18 @@ class Trainer:
         # the LR on the torch optimizer's param groups, which DeepSpeed's ZeRO optimizer steps.
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         stepper: _AccelerateStepper | _DeepSpeedStepper
+        ds_load: str | None = None  # which engine checkpoint `_load` restores (None: not DeepSpeed)
         if ds_config is not None:
             import deepspeed as deepspeed_lib
 
+            ds_load = ckpt.ENGINE_TAG
             if resume_from is not None and _saved_world_size(resume_from) != info.world_size:
-                # ZeRO shards cannot be re-cut for another rank count (DeepSpeed's elastic format
-                # does not resume exactly): start the engine from the checkpoint's fp32 weights.
-                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-                weights = get_fp32_state_dict_from_zero_checkpoint(
-                    str(resume_from / "deepspeed"), tag="engine"
-                )
-                raw_model.load_state_dict(weights)
+                ds_load = _prepare_rescaled_resume(resume_from, raw_model)
+                if ds_load == ckpt.UNIVERSAL_TAG:
+                    ds_config = {
+                        **ds_config,
+                        "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True},
+                    }
             model, optimizer, _, _ = deepspeed_lib.initialize(
                 model=raw_model, optimizer=optimizer, config=ds_config
             )
@@ -405,7 +408,8 @@ class Trainer:
             model, optimizer = accelerator.prepare(raw_model, optimizer)
             unwrapped = accelerator.unwrap_model(model)
             stepper = _AccelerateStepper(accelerator, model, optimizer, clip)
-        ema = EMA(unwrapped, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
+        ema_class = _PartitionedEMA if _is_partitioned(unwrapped) else EMA
+        ema = ema_class(unwrapped, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
         ctx = TaskContext(
             rank=info.rank,
             world_size=info.world_size,
@@ -424,7 +428,7 @@ class Trainer:
         _seed_rank(cfg.seed, info.rank)
         if resume_from is not None:
             step = self._load(
-                resume_from, model, unwrapped, optimizer, scheduler, ema, data, resolved, deepspeed
+                resume_from, model, unwrapped, optimizer, scheduler, ema, data, resolved, ds_load
             )
 
         writer = MetricsWriter(
@@ -549,7 +553,15 @@ class Trainer:
         step: int,
     ) -> None:
         rng = ckpt.capture_rng()  # evaluation must not shift the training streams
-        if ema is not None:
+        if _is_partitioned(unwrapped):
+            # ZeRO-3: a full copy of the model on every rank, built for this evaluation and dropped
+            # after it, so each rank samples its own share without the engine's collectives.
+            model = task.build_model().to(ctx.device)
+            if ema is not None:
+                ema.copy_to(model)
+            else:
+                _copy_gathered(unwrapped, model)
+        elif ema is not None:
             if not hasattr(self, "_eval_model"):
                 self._eval_model = ema.averaged_copy(unwrapped)
             ema.copy_to(self._eval_model)
@@ -558,8 +570,11 @@ class Trainer:
             model = unwrapped
         was_training = model.training
         model.eval()
+        # evaluate in the training precision: a DeepSpeed bf16 module holds bf16 weights
+        bf16 = self.cfg.precision == "bf16" or any(p.dtype == torch.bfloat16 for p in model.parameters())
+        autocast = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=bf16)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 results = task.evaluate(model, dataclasses.replace(ctx, step=step))
         finally:
             model.train(was_training)
@@ -583,8 +598,12 @@ class Trainer:
         preempted: bool,
     ) -> Path:
         # Under DeepSpeed the engine saves optimizer and master weights, a shard per rank, and
-        # every rank must take part; model.pt is then the module's (possibly bf16) weights.
-        shared: dict[str, Any] = {"model.pt": unwrapped.state_dict(), "scheduler.pt": scheduler.state_dict()}
+        # every rank must take part; model.pt is then the module's (possibly bf16) weights,
+        # gathered under ZeRO-3 (as is the EMA), so exports never need the engine.
+        shared: dict[str, Any] = {
+            "model.pt": _full_state_dict(unwrapped),
+            "scheduler.pt": scheduler.state_dict(),
+        }
         every_rank: Callable[[Path], None] | None = None
         if deepspeed:
             every_rank = functools.partial(_save_deepspeed, model)
@@ -623,7 +642,7 @@ class Trainer:
         ema: EMA | None,
         data: ResumableIterable,
         resolved: dict[str, Any],
-        deepspeed: bool,
+        ds_load: str | None,
     ) -> int:
         info = distributed.rank_info()
         meta = ckpt.read_meta(path)
@@ -643,25 +662,26 @@ class Trainer:
                 ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed),
             )
         saved_world = int(meta["world_size"])
-        if deepspeed and saved_world != info.world_size:
-            if info.is_main:
-                logger.warning(
-                    "%s holds ZeRO shards of %d rank(s), this run has %d: the fp32 weights are kept, "
-                    "the optimizer moments restart from zero",
-                    path,
-                    saved_world,
-                    info.world_size,
-                )
-        elif deepspeed:
+        if ds_load == ckpt.UNIVERSAL_TAG and info.is_main:
+            logger.warning(
+                "%s holds ZeRO shards of %d rank(s), this run has %d: the fp32 weights and optimizer "
+                "moments are re-cut from its universal form (%s/%s)",
+                path,
+                saved_world,
+                info.world_size,
+                ckpt.DEEPSPEED_DIR,
+                ckpt.UNIVERSAL_TAG,
+            )
+        if ds_load in (ckpt.ENGINE_TAG, ckpt.UNIVERSAL_TAG):
             load_dir, _ = model.load_checkpoint(
-                str(path / "deepspeed"),
-                tag="engine",
+                str(path / ckpt.DEEPSPEED_DIR),
+                tag=ds_load,
                 load_optimizer_states=True,
                 load_lr_scheduler_states=False,
             )
             if load_dir is None:
-                raise A2PError(f"{path}: DeepSpeed could not load its engine checkpoint")
-        else:
+                raise A2PError(f"{path}: DeepSpeed could not load its {ds_load} checkpoint")
+        elif ds_load is None:
             unwrapped.load_state_dict(ckpt.load_file(path, "model.pt"))
             optimizer.load_state_dict(ckpt.load_file(path, "optimizer.pt"))
         scheduler.load_state_dict(ckpt.load_file(path, "scheduler.pt"))
@@ -670,7 +690,8 @@ class Trainer:
                 ema.load_state_dict(ckpt.load_file(path, "ema.pt"))
             else:
                 logger.warning("%s has no EMA; the average restarts from the current weights", path)
-                ema.load_state_dict({**EMA(unwrapped, ema.decay).state_dict(), "num_updates": 0})
+                ema.update(unwrapped, 0)  # step 0 <= start_step: a plain copy of the weights
+                ema.num_updates = 0
 
         if saved_world == info.world_size:
             state = ckpt.load_file(path, ckpt.rank_file_name(info.rank))
@@ -725,7 +746,158 @@ def _loss(task: Task, model: Any, batch: Any, autocast: Any) -> dict[str, torch.
 
 
 def _save_deepspeed(engine: Any, tmp: Path) -> None:
-    engine.save_checkpoint(str(tmp / "deepspeed"), tag="engine", save_latest=False)
+    engine.save_checkpoint(str(tmp / ckpt.DEEPSPEED_DIR), tag=ckpt.ENGINE_TAG, save_latest=False)
+
+
+_WEIGHTS_ONLY = "weights-only"
+"""`ds_load` of a resume that keeps only the checkpoint's fp32 weights (set before the engine)."""
+
+
+def _prepare_rescaled_resume(checkpoint: Path, raw_model: nn.Module) -> str:
+    """How a DeepSpeed run resumes a checkpoint of another rank count; every rank calls it.
+
+    An engine checkpoint without ZeRO optimizer shards (stage 0) holds the whole optimizer and
+    loads as it is. ZeRO shards load through their universal form (`ckpt.UNIVERSAL_TAG`), which keeps the Adam
+    moments; if DeepSpeed cannot convert them, `raw_model` gets the checkpoint's fp32 weights and
+    the engine starts with fresh optimizer state (`_WEIGHTS_ONLY`).
+    """
+    if not any((checkpoint / ckpt.DEEPSPEED_DIR / ckpt.ENGINE_TAG).glob("*optim_states.pt")):
+        return ckpt.ENGINE_TAG
+    try:
+        ckpt.universal_checkpoint(checkpoint)
+        return ckpt.UNIVERSAL_TAG
+    except A2PError as err:
+        if distributed.rank_info().is_main:
+            logger.warning("%s; only the fp32 weights are kept, the optimizer moments restart from zero", err)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    weights = get_fp32_state_dict_from_zero_checkpoint(
+        str(checkpoint / ckpt.DEEPSPEED_DIR), tag=ckpt.ENGINE_TAG
+    )
+    raw_model.load_state_dict(weights)
+    return _WEIGHTS_ONLY
+
+
+# --- ZeRO-3 -------------------------------------------------------------------------------------
+
+
+def _is_partitioned(module: nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions `module`'s parameters over the ranks."""
+    return any(hasattr(p, "ds_tensor") for p in module.parameters())
+
+
+def _gathered_parameters(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) of a ZeRO-3 module's parameters, gathered one at a time on every rank.
+
+    A collective: every rank must consume the whole iterator. Each tensor is valid until the next.
+    """
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+    for name, param in module.named_parameters(remove_duplicate=False):
+        with GatheredParameters([param]):
+            yield name, param.detach()
+
+
+def _full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()`, with ZeRO-3 parameters gathered (collective; complete on rank 0 only)."""
+    state = module.state_dict()
+    if _is_partitioned(module):
+        is_main = distributed.rank_info().is_main
+        for name, tensor in _gathered_parameters(module):
+            if is_main:
+                state[name] = tensor.cpu().clone()
+    return state
+
+
+@torch.no_grad()
+def _copy_gathered(module: nn.Module, target: nn.Module) -> None:
+    """Write a ZeRO-3 module's gathered weights and its buffers into a full `target` (collective)."""
+    named = dict(target.named_parameters(remove_duplicate=False))
+    for name, tensor in _gathered_parameters(module):
+        named[name].copy_(tensor)
+    named_buffers = dict(target.named_buffers())
+    for name, buf in module.named_buffers():
+        named_buffers[name].copy_(buf)
+
+
+class _PartitionedEMA(EMA):
+    """`EMA` of a ZeRO-3 module: each rank averages its own partition of every parameter.
+
+    DeepSpeed keeps a rank's partition of a parameter in `param.ds_tensor`: a flat slice of
+    ceil(numel / world_size) elements, slices in rank order, the last padded. `EMA.update` folds
+    these in, so it costs no communication and holds 1 / world_size of a full fp32 average per
+    rank. Reading the whole average (`state_dict`, `copy_to`) all-gathers it, one parameter at a
+    time. The saved form is the full average, as `EMA.state_dict`'s, so exports and resumes on any
+    rank count read it.
+    """
+
+    def __init__(self, module: nn.Module, decay: float, start_step: int = 0) -> None:
+        self.decay = decay
+        self.start_step = start_step
+        self.num_updates = 0
+        named = _floating_parameters(module)
+        self.params = {name: p.ds_tensor.detach().float().clone() for name, p in named.items()}
+        self.shapes = {name: p.ds_shape for name, p in named.items()}
+        self.buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+
+    def _live(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        named = _floating_parameters(model)
+        return list(self.params.values()), [named[n].ds_tensor.detach() for n in self.params]
+
+    def _full_params(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full average) on every rank, one all-gather per parameter (collective)."""
+        import torch.distributed as dist
+
+        world = distributed.rank_info().world_size
+        for name, part in self.params.items():
+            parts = [part]
+            if world > 1:
+                parts = [torch.empty_like(part) for _ in range(world)]
+                dist.all_gather(parts, part)
+            shape = self.shapes[name]
+            yield name, torch.cat(parts)[: shape.numel()].view(shape)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the full averages (and buffers) into a non-partitioned `model` (collective)."""
+        named = dict(model.named_parameters())
+        for name, full in self._full_params():
+            named[name].copy_(full)
+        named_buffers = dict(model.named_buffers())
+        for name, buf in self.buffers.items():
+            named_buffers[name].copy_(buf)
+
+    def averaged_copy(self, model: nn.Module) -> nn.Module:
+        raise TypeError("a ZeRO-3 module cannot be copied: build the model and use copy_to")
+
+    def state_dict(self) -> dict[str, Any]:
+        """`EMA.state_dict` of the full averages, on the CPU (collective; complete on rank 0 only)."""
+        return {**super().state_dict(), "params": self.model_state_dict()}
+
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full averages on the CPU (collective; complete on rank 0 only)."""
+        is_main = distributed.rank_info().is_main
+        return {name: full.cpu().clone() for name, full in self._full_params() if is_main}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take this rank's partitions of full averages saved by `state_dict` (any rank count)."""
+        rank = distributed.rank_info().rank
+        for group in ("params", "buffers"):
+            mine, theirs = getattr(self, group), state[group]
+            if set(mine) != set(theirs):
+                raise KeyError(f"EMA {group} do not match the model: {sorted(set(mine) ^ set(theirs))[:3]}")
+        for name, part in self.params.items():
+            flat = state["params"][name].reshape(-1)[rank * part.numel() : (rank + 1) * part.numel()]
+            part.zero_()
+            part[: flat.numel()].copy_(flat)
+        for name, buf in self.buffers.items():
+            buf.copy_(state["buffers"][name])
+        self.num_updates = int(state["num_updates"])
+
+
+def _floating_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if p.is_floating_point()}
 
 
 def _release_accelerate_state() -> None:
