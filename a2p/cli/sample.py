@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="sample a shard set's split (SHARDS/PERSON) instead of audio files")
     parser.add_argument("--split", default="test", help="split of --data (default test)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (seeds) per clip")
-    parser.add_argument("--sampler", default="ddim500", help="ddimN (ddim500 is the reference's) or dpmppN")
+    parser.add_argument(
+        "--sampler",
+        default=None,
+        help="ddimN (ddim500 is the reference's), dpmppN (DPM-Solver++(2M)) or paraddimN (parallel-in-time "
+        "DDIM); default: the fastest setting that passed a2p bench quality",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--shard",
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from a2p import distributed
     from a2p.errors import A2PError
     from a2p.inference.runner import Collectives, Models, RunSettings, Windowing, file_clips, run, split_clips
-    from a2p.inference.sampling import SamplerSetting
+    from a2p.inference.sampling import DEFAULT_SETTING, DEFAULT_SETTING_REASON, SamplerSetting
     from a2p.inference.windows import WindowPlan
 
     args = build_parser().parse_args(argv)
@@ -72,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         raise A2PError("give audio files or --data SHARDS/PERSON (one of the two)")
     if args.reps < 1:
         raise A2PError(f"--reps must be at least 1, got {args.reps}")
+    if args.sampler is None:
+        args.sampler = DEFAULT_SETTING
+        default_note = f"sampler {DEFAULT_SETTING} (the default: {DEFAULT_SETTING_REASON})"
+    else:
+        default_note = f"sampler {args.sampler}"
     SamplerSetting.parse(args.sampler)  # a bad setting fails before any model loads
     WindowPlan.build(args.window * 2, args.window, args.overlap)  # so does a bad window
     info = (
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         else distributed.rank_info()
     )
     setup_logging(rank=info.rank)
+    if info.is_main:
+        print(default_note, flush=True)
     if args.device:
         device = torch.device(args.device)
     else:

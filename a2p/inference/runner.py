@@ -35,7 +35,7 @@ from a2p.constants import (
 )
 from a2p.data.chunks import EVAL_CHUNK_FRAMES, iter_split_chunks
 from a2p.errors import A2PError, DataError
-from a2p.fileio import write_atomic
+from a2p.fileio import read_json, write_atomic
 from a2p.inference.export import Exported, load_export
 from a2p.inference.plots import motion_plot, write_png
 from a2p.inference.reference_results import reference_results, write_reference_results
@@ -321,6 +321,40 @@ class RunSettings:
     """Classifier-free guidance scale per part."""
 
 
+RUN_RECORD = "a2p_sample.json"
+"""The settings an output folder was sampled with; a rerun must match them."""
+
+
+def run_record(models: Models, settings: RunSettings) -> dict:
+    """Everything that decides the arrays in an output folder (not how the work was split)."""
+    return {
+        "models": {name: str(Path(path).resolve()) for name, path in models.paths.items()},
+        "reps": settings.reps,
+        "sampler": settings.setting,
+        "seed": settings.seed,
+        "guidance": settings.guidance,
+        "window": settings.windowing.window,
+        "overlap": settings.windowing.overlap,
+        "bf16": settings.bf16,
+    }
+
+
+def check_run_record(out_dir: Path, record: dict, write: bool) -> None:
+    """Refuse to add to a folder sampled with other settings; record them in a new one."""
+    path = out_dir / RUN_RECORD
+    if path.is_file():
+        saved = read_json(path, "a2p sample settings record")
+        changed = sorted(k for k in set(saved) | set(record) if saved.get(k) != record.get(k))
+        if changed:
+            raise A2PError(
+                f"{out_dir} holds outputs sampled with other settings ("
+                + ", ".join(f"{k}: {saved.get(k)!r} -> {record.get(k)!r}" for k in changed)
+                + "); sample into another --out, or remove the folder"
+            )
+    elif write:
+        write_atomic(path, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+
+
 def part_path(out_dir: Path, clip: str, part: str, rep: int) -> Path:
     return out_dir / PARTS_DIR / clip / f"{part}-{rep}.npz"
 
@@ -346,6 +380,7 @@ def run(
         raise A2PError(f"unknown shard mode {settings.shard!r}: choose from {', '.join(SHARD_MODES)}")
     collectives = collectives or Collectives()
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_run_record(out_dir, run_record(models, settings), write=rank == 0)
     featurizer = build_featurizer(models.featurizer).to(device)
     summary = Summary()
     names: list[str] = []
