@@ -385,6 +385,7 @@ def run(
     summary = Summary()
     names: list[str] = []
     sources: dict[str, str] = {}
+    job = _Job(models, featurizer, out_dir, settings, rank, world_size, device, collectives, summary)
     bar = tqdm(clips, desc="clips", disable=not progress, unit="clip")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     for index, clip in enumerate(bar):
@@ -392,12 +393,9 @@ def run(
         sources[clip.name] = clip.source
         with autocast:
             if settings.shard == "windows":
-                _run_clip_windows(clip, models, featurizer, out_dir, settings, rank, world_size, device,
-                                  collectives, summary)  # fmt: skip
+                _run_clip_windows(job, clip)
             else:
-                _run_clip_items(
-                    clip, index, models, featurizer, out_dir, settings, rank, world_size, device, summary
-                )
+                _run_clip_items(job, clip, index)
     collectives.barrier()  # every part of every clip is written
     if settings.shard == "items":
         for index, name in enumerate(names):
@@ -407,22 +405,27 @@ def run(
     return summary
 
 
-def _run_clip_items(
-    clip: Clip,
-    index: int,
-    models: Models,
-    featurizer: torch.nn.Module,
-    out_dir: Path,
-    settings: RunSettings,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    summary: Summary,
-) -> None:
+@dataclass
+class _Job:
+    """One rank's part of a run: what every clip needs."""
+
+    models: Models
+    featurizer: torch.nn.Module
+    out_dir: Path
+    settings: RunSettings
+    rank: int
+    world_size: int
+    device: torch.device
+    collectives: Collectives
+    summary: Summary
+
+
+def _run_clip_items(job: _Job, clip: Clip, index: int) -> None:
     """Sample this rank's (part, repetition) items of one clip; repetitions of a part share a batch."""
+    settings, summary, out_dir = job.settings, job.summary, job.out_dir
     items = [(part, rep) for part in PARTS for rep in range(settings.reps)]
     first = index * len(items)  # global item numbers run clip by clip
-    mine = [item for k, item in enumerate(items) if (first + k) % world_size == rank]
+    mine = [item for k, item in enumerate(items) if (first + k) % job.world_size == job.rank]
     if not mine:
         return
     if (out_dir / f"{clip.name}.npz").exists():
@@ -442,8 +445,8 @@ def _run_clip_items(
     seed = clip_seed(settings.seed, clip.name)
     for part, reps in todo.items():
         arrays = sample_part(
-            models, featurizer, audio, part, reps, setting=settings.setting, seed=seed, device=device,
-            windowing=settings.windowing, guidance=settings.guidance[part],
+            job.models, job.featurizer, audio, part, reps, setting=settings.setting, seed=seed,
+            device=job.device, windowing=settings.windowing, guidance=settings.guidance[part],
         )  # fmt: skip
         for row, rep in enumerate(reps):
             target = part_path(out_dir, clip.name, part, rep)
@@ -452,34 +455,24 @@ def _run_clip_items(
             summary.done.append(f"{clip.name}/{part}/{rep}")
 
 
-def _run_clip_windows(
-    clip: Clip,
-    models: Models,
-    featurizer: torch.nn.Module,
-    out_dir: Path,
-    settings: RunSettings,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    collectives: Collectives,
-    summary: Summary,
-) -> None:
+def _run_clip_windows(job: _Job, clip: Clip) -> None:
     """Sample one whole clip on every rank together, its windows split over the ranks."""
+    settings, summary = job.settings, job.summary
     items = [f"{clip.name}/{part}/{rep}" for part in PARTS for rep in range(settings.reps)]
-    if not collectives.any_rank(not (out_dir / f"{clip.name}.npz").exists()):
-        summary.skipped += items if rank == 0 else []
+    if not job.collectives.any_rank(not (job.out_dir / f"{clip.name}.npz").exists()):
+        summary.skipped += items if job.rank == 0 else []
         return
     audio = _read(clip, summary)
     if audio is None:  # every rank reads the same file and fails the same way
         return
-    sharing = Sharing(rank, world_size, collectives.all_reduce if world_size > 1 else None)
+    all_reduce = job.collectives.all_reduce if job.world_size > 1 else None
     arrays = sample_clip(
-        models, featurizer, audio, reps=settings.reps, setting=settings.setting,
-        seed=clip_seed(settings.seed, clip.name), device=device, windowing=settings.windowing, sharing=sharing,
-        guidance=settings.guidance,
+        job.models, job.featurizer, audio, reps=settings.reps, setting=settings.setting,
+        seed=clip_seed(settings.seed, clip.name), device=job.device, windowing=settings.windowing,
+        sharing=Sharing(job.rank, job.world_size, all_reduce), guidance=settings.guidance,
     )  # fmt: skip
-    if rank == 0:
-        _write_clip(out_dir, clip.name, clip.source, arrays, audio, models, settings)
+    if job.rank == 0:
+        _write_clip(job.out_dir, clip.name, clip.source, arrays, audio, job.models, settings)
         summary.done += items
         summary.assembled.append(clip.name)
 

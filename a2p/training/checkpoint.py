@@ -47,6 +47,7 @@ import torch
 
 from a2p import distributed
 from a2p.errors import A2PError
+from a2p.fileio import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -134,19 +135,6 @@ def _as_tuple(value: Any) -> Any:
 # --- files ------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -167,7 +155,7 @@ def _write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_file(checkpoint: Path, name: str) -> Any:
@@ -282,7 +270,7 @@ def save_checkpoint(
         full_meta = {"format": FORMAT_VERSION, **meta, "step": step, "world_size": info.world_size}
         full_meta["files"] = files + [META]
         _write_text(tmp / META, json.dumps(full_meta, indent=2) + "\n")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             # Re-saving a step (resumed from an older checkpoint): swap, then drop the old copy.
             old = root / f".{name}.old"
@@ -292,7 +280,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         _write_text(root / LATEST, name + "\n")
         prune(root, keep)
     distributed.barrier()
@@ -373,5 +361,5 @@ def _convert_to_universal(engine_dir: Path, final: Path) -> None:
         if path.is_file():
             _fsync_file(path)
     os.replace(out, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(tmp, ignore_errors=True)
