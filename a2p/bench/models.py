@@ -276,7 +276,7 @@ def render(reports: list[Report], setup: Setup, threads: int) -> str:
     out = [
         f"a2p bench models: preset={setup.preset}, clip={clip}, reps={setup.reps}, "
         f"device={setup.device}, dtype={str(setup.dtype).removeprefix('torch.')}",
-        f"machine: {platform.system()} {cpu} ({_cpu_name()}), torch threads={threads}, "
+        f"machine: {platform.system()} {cpu} ({cpu_name()}), torch threads={threads}, "
         f"torch {torch.__version__}, python {platform.python_version()}",
         "",
         f"Size and forward FLOPs per clip of {clip}, batch 1",
@@ -365,7 +365,7 @@ def format_ms(ms: float) -> str:
     return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -374,6 +374,21 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+@contextmanager
+def threads_and_seed(threads: int | None, seed: int) -> Iterator[None]:
+    """Inside, torch uses `threads` CPU threads (if given) and its global RNG is seeded with `seed`
+    (weights are drawn from it); the caller's thread count and RNG state come back after."""
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,29 +412,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < KEYFRAME_INTERVAL or args.frames % KEYFRAME_INTERVAL:
         print(f"error: --frames must be a positive multiple of {KEYFRAME_INTERVAL}", file=sys.stderr)
         return 2
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        with torch.random.fork_rng(devices=[]):  # seeds the weights without touching the caller's RNG
-            torch.manual_seed(args.seed)
-            setup = Setup(
-                frames=args.frames,
-                reps=args.reps,
-                steps=args.steps,
-                preset=args.preset,
-                device=torch.device(args.device),
-                dtype=getattr(torch, args.dtype),
-                generator=torch.Generator().manual_seed(args.seed),
-            )
-            benches = {"vq": bench_vq, "guide": bench_guide}
-            reports = [
-                bench_denoiser(name, setup) if name in GUIDANCE_SCALE else benches[name](setup)
-                for name in dict.fromkeys(args.models)
-            ]
-            print(render(reports, setup, torch.get_num_threads()))
-    finally:
-        torch.set_num_threads(threads)
+    with threads_and_seed(args.threads, args.seed):  # seeds the weights, then restores the caller's RNG
+        setup = Setup(
+            frames=args.frames,
+            reps=args.reps,
+            steps=args.steps,
+            preset=args.preset,
+            device=torch.device(args.device),
+            dtype=getattr(torch, args.dtype),
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        benches = {"vq": bench_vq, "guide": bench_guide}
+        reports = [
+            bench_denoiser(name, setup) if name in GUIDANCE_SCALE else benches[name](setup)
+            for name in dict.fromkeys(args.models)
+        ]
+        print(render(reports, setup, torch.get_num_threads()))
     return 0
 
 
