@@ -58,8 +58,8 @@ def test_sample_writes_one_npz_per_clip_and_reports_bad_audio(model_args, clips,
     # the default sampler is named; a folder sampled with other settings is refused, untouched
     code = sample_main([str(clips / "a.wav"), *model_args, "--out", str(out), "--reps", "2"])
     captured = capsys.readouterr()
-    assert code == 2 and "sampler ddim500 (the default:" in captured.out
-    assert "other settings (sampler: 'ddim5' -> 'ddim500')" in captured.err
+    assert code == 2 and "sampler ddim100 (the default:" in captured.out
+    assert "other settings (sampler: 'ddim5' -> 'ddim100')" in captured.err
     assert (out / "a.npz").stat().st_mtime_ns == before
 
 
