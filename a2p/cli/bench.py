@@ -12,6 +12,7 @@ BENCHES = {
     "train": "training samples/s per device against a reference-style loop",
     "sample": "seconds per clip against a reference-style sampler",
     "quality": "the paper's metrics for each fast sampling setting",
+    "parallel": "parallel-in-time DDIM: sequential model calls saved, compute spent",
 }
 
 

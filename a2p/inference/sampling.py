@@ -125,6 +125,18 @@ def sample_motion(
         model = guided_model(denoise, guidance, batched=True)
         out = run_setting(model, schedule, shape, parsed, generators, device)
         return denoise.gather(out)
+    model = clip_model(denoiser, features, guide, reps, guidance)
+    return run_setting(model, schedule, shape, parsed, generators, device)
+
+
+def clip_model(
+    denoiser: Denoiser, features: Tensor, guide: Tensor | None, reps: int, guidance: float
+) -> Model:
+    """The guided `model(x_t, t)` of one clip: its condition encoded once, for `reps` repetitions.
+
+    x_t holds the repetitions, or k stacked copies of them (parallel-in-time sampling evaluates k
+    steps in one call); the condition's rows are tiled to match.
+    """
     if guide is not None and guide.shape[0] == reps > 1:
         # one guide per repetition (keyframes sampled per repetition): encode all rows once
         condition = denoiser.encode_condition(features.expand(reps, *features.shape[1:]), guide)
@@ -133,21 +145,19 @@ def sample_motion(
         condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
     if guidance != 1.0:
         condition = denoiser.expand_for_cfg(condition)  # (2 reps) rows: conditional first
-
     groups = 2 if guidance != 1.0 else 1  # [conditional rows; unconditional rows]
     tiled: dict[int, Condition] = {condition.batch_size: condition}
 
     def denoise(x_t: Tensor, t: Tensor, keep_mask: Tensor) -> Tensor:
-        # keep_mask is implied by the row order of the expanded condition. Parallel-in-time
-        # sampling stacks k steps of each group: tile each group's rows k times to match.
+        # keep_mask is implied by the row order of the expanded condition; k stacked steps of
+        # each group need each group's rows tiled k times
         if x_t.shape[0] not in tiled:
             k = x_t.shape[0] // condition.batch_size
             parts = condition.map(lambda x: x.unflatten(0, (groups, -1)))
             tiled[x_t.shape[0]] = parts.map(lambda x: x.repeat_interleave(k, dim=0).flatten(0, 1))
         return denoiser(x_t, t, tiled[x_t.shape[0]])
 
-    model = guided_model(denoise, guidance, batched=True)
-    return run_setting(model, schedule, shape, parsed, generators, device)
+    return guided_model(denoise, guidance, batched=True)
 
 
 def run_setting(
