@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from a2p.bench.models import table
 from a2p.evaluation.run import PARTS, REPORTED, evaluate
 from a2p.inference.runner import Models, RunSettings, run, split_clips
 from a2p.inference.sampling import SamplerSetting
@@ -92,8 +93,7 @@ def render(outcomes: list[Outcome], tolerance: float) -> str:
         else:
             cells.append("pass" if o.passed else "FAIL: " + ", ".join(o.failures or []))
         rows.append(cells)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines = table(header, rows, right={1})
     lines.append(
         f"\npass: every metric's mean within {tolerance:g} x the reference's seed-to-seed std of its mean"
     )

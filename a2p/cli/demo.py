@@ -31,6 +31,7 @@ from typing import Any
 from a2p.cli.common import reports_errors, setup_logging
 from a2p.constants import CROP_MAX_FRAMES, FPS, SAMPLE_RATE
 from a2p.errors import A2PError
+from a2p.fileio import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +145,7 @@ class Demo:
         work()
         self.timings.append((name, time.perf_counter() - started))
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=1))
-        tmp.replace(stamp)
+        write_atomic(stamp, lambda f: f.write(json.dumps(settings, indent=1).encode()))
 
     def command_step(
         self,

@@ -25,7 +25,7 @@ REPORTED = ("fd_g", "fd_k", "div_g", "div_k")
 
 def load_split_results(
     shard_dir: str | Path, results: str | Path, split: str = "test", chunk: int = EVAL_CHUNK_FRAMES
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """part -> (predictions (R, C, T, D), ground truth (C, T, D), valid frames (C, T)) of the split's chunks."""
     results = Path(results)
     pred: dict[str, list[np.ndarray]] = {part: [] for part in PARTS}

@@ -39,7 +39,7 @@ from a2p.fileio import read_json, write_atomic
 from a2p.inference.export import Exported, load_export
 from a2p.inference.plots import motion_plot, write_png
 from a2p.inference.reference_results import reference_results, write_reference_results
-from a2p.inference.sampling import sample_motion
+from a2p.inference.sampling import repetition_generators, sample_motion
 from a2p.inference.windows import DEFAULT_OVERLAP, AllReduce, WindowPlan, generate_keyframe_codes
 from a2p.models.audio import featurize_long
 
@@ -150,11 +150,40 @@ class Windowing:
     """Windows per forward pass."""
 
 
+@dataclass(frozen=True)
+class PreparedClip:
+    """A clip's audio features, computed once for both parts, and how it is sampled."""
+
+    frames: int
+    """Motion frames of the clip."""
+    length: int
+    """Frames sampled: `frames`, padded to whole keyframes when the clip is windowed."""
+    plan: WindowPlan | None
+    """Its windows, when it is longer than one."""
+    features: torch.Tensor
+    """(1, F, C) features of the (padded) audio."""
+
+
+@torch.no_grad()
+def prepare_clip(
+    featurizer: torch.nn.Module, audio: np.ndarray, windowing: Windowing, device: torch.device
+) -> PreparedClip:
+    """Featurize a clip once; a clip longer than a window is padded to whole keyframes and planned."""
+    frames = audio.shape[0] // SAMPLES_PER_FRAME
+    plan = None
+    if frames > windowing.window:  # pad to whole keyframes; the padding is cut off after sampling
+        padded = math.ceil(frames / KEYFRAME_INTERVAL) * KEYFRAME_INTERVAL
+        audio = np.pad(audio, ((0, (padded - frames) * SAMPLES_PER_FRAME), (0, 0)))
+        plan = WindowPlan.build(padded, windowing.window, windowing.overlap)
+    with torch.autocast(device.type, enabled=False):  # features in float32 even under --bf16
+        features = featurize_long(featurizer, torch.from_numpy(audio)[None].to(device))
+    return PreparedClip(frames, audio.shape[0] // SAMPLES_PER_FRAME, plan, features)
+
+
 @torch.no_grad()
 def sample_part(
     models: Models,
-    featurizer: torch.nn.Module,
-    audio: np.ndarray,
+    clip: PreparedClip,
     part: str,
     reps: list[int],
     *,
@@ -170,48 +199,34 @@ def sample_part(
     Every repetition's guide tokens and noise come from generators seeded by (seed, repetition),
     so a repetition's result does not depend on which others share its batch.
     """
-    frames = audio.shape[0] // SAMPLES_PER_FRAME
-    plan = None
-    if frames > windowing.window:  # pad to whole keyframes; the padding is cut off again below
-        padded = math.ceil(frames / KEYFRAME_INTERVAL) * KEYFRAME_INTERVAL
-        audio = np.pad(audio, ((0, (padded - frames) * SAMPLES_PER_FRAME), (0, 0)))
-        plan = WindowPlan.build(padded, windowing.window, windowing.overlap)
-    length = audio.shape[0] // SAMPLES_PER_FRAME
-    with torch.autocast(device.type, enabled=False):  # features in float32 even under --bf16
-        features = featurize_long(featurizer, torch.from_numpy(audio)[None].to(device))  # (1, F, C), once
-    window_args = {"plan": plan, "window_batch": windowing.batch, **vars(sharing)}
+    frames, features = clip.frames, clip.features
+    window_args = {"plan": clip.plan, "window_batch": windowing.batch, **vars(sharing)}
     scale = DEFAULT_GUIDANCE[part] if guidance is None else guidance
     if part == "face":
         face = sample_motion(
-            models.face.model, features, length, reps=len(reps), setting=setting,
-            guidance=scale, generators=noise_generators(seed + 1, reps, device), **window_args,
+            models.face.model, features, clip.length, reps=len(reps), setting=setting,
+            guidance=scale, generators=repetition_generators(seed + 1, reps, device), **window_args,
         )  # fmt: skip
         return {"face": _denormalize(face[:, :frames].float().cpu().numpy(), models.face.stats, "face")}
     token_generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in reps]
     rows = features.expand(len(reps), *features.shape[1:])
-    if plan is None:
-        keyframes = math.ceil(frames / KEYFRAME_INTERVAL)
+    keyframes = math.ceil(frames / KEYFRAME_INTERVAL)
+    if clip.plan is None:
         codes = models.guide.model.generate(rows, keyframes, top_p=GUIDE_TOP_P, generator=token_generators)
     else:
         codes = generate_keyframe_codes(
-            models.guide.model, rows, plan, top_p=GUIDE_TOP_P, generator=token_generators
+            models.guide.model, rows, clip.plan, top_p=GUIDE_TOP_P, generator=token_generators
         )
     guide = models.vq.model.decode_codes(codes)  # (reps, K, 104), normalized like the body
     body = sample_motion(
-        models.body.model, features, length, guide=guide, reps=len(reps), setting=setting,
-        guidance=scale, generators=noise_generators(seed, reps, device), **window_args,
+        models.body.model, features, clip.length, guide=guide, reps=len(reps), setting=setting,
+        guidance=scale, generators=repetition_generators(seed, reps, device), **window_args,
     )  # fmt: skip
     stats = models.body.stats
-    kept = math.ceil(frames / KEYFRAME_INTERVAL)
     return {
         "body": _denormalize(body[:, :frames].float().cpu().numpy(), stats, "body"),
-        "keyframes": _denormalize(guide[:, :kept].float().cpu().numpy(), stats, "body"),
+        "keyframes": _denormalize(guide[:, :keyframes].float().cpu().numpy(), stats, "body"),
     }
-
-
-def noise_generators(seed: int, reps: list[int], device: torch.device) -> list[torch.Generator]:
-    """The diffusion noise generators of repetitions `reps` (as `repetition_generators` would give)."""
-    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + rep) for rep in reps]
 
 
 def sample_clip(
@@ -228,11 +243,12 @@ def sample_clip(
     guidance: dict[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Face (reps, T, 256), body (reps, T, 104) and keyframes (reps, K, 104) of one clip."""
+    clip = prepare_clip(featurizer, audio, windowing, device)  # once for both parts
     arrays: dict[str, np.ndarray] = {}
     for part in PARTS:
         arrays |= sample_part(
-            models, featurizer, audio, part, list(range(reps)), setting=setting, seed=seed,
-            device=device, windowing=windowing, sharing=sharing, guidance=(guidance or DEFAULT_GUIDANCE)[part],
+            models, clip, part, list(range(reps)), setting=setting, seed=seed, device=device,
+            windowing=windowing, sharing=sharing, guidance=(guidance or DEFAULT_GUIDANCE)[part],
         )  # fmt: skip
     return arrays
 
@@ -443,10 +459,11 @@ def _run_clip_items(job: _Job, clip: Clip, index: int) -> None:
     if audio is None:
         return
     seed = clip_seed(settings.seed, clip.name)
+    prepared = prepare_clip(job.featurizer, audio, settings.windowing, job.device)  # once for both parts
     for part, reps in todo.items():
         arrays = sample_part(
-            job.models, job.featurizer, audio, part, reps, setting=settings.setting, seed=seed,
-            device=job.device, windowing=settings.windowing, guidance=settings.guidance[part],
+            job.models, prepared, part, reps, setting=settings.setting, seed=seed, device=job.device,
+            windowing=settings.windowing, guidance=settings.guidance[part],
         )  # fmt: skip
         for row, rep in enumerate(reps):
             target = part_path(out_dir, clip.name, part, rep)

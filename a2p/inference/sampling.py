@@ -81,9 +81,11 @@ def setting_schedule(setting: str, device: torch.device) -> tuple[SamplerSetting
     return parsed, respaced_schedule(base, parsed.spacing).to(device)
 
 
-def repetition_generators(seed: int, reps: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per repetition, seeded from (seed, repetition) alone."""
-    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + rep) for rep in range(reps)]
+def repetition_generators(seed: int, reps: int | list[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per repetition (`reps` of them, or those numbered in `reps`), seeded from
+    (seed, repetition) alone."""
+    numbers = range(reps) if isinstance(reps, int) else reps
+    return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + rep) for rep in numbers]
 
 
 @torch.no_grad()

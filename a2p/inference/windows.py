@@ -128,8 +128,11 @@ class WindowPlan:
 class WindowedDenoiser:
     """`denoise(x_t, t, keep_mask) -> x0` over a whole long clip, for `guided_model`.
 
-    condition: the encoded condition of every (repetition, window) row, rows r * count + i;
-    with `shared_audio` a single repetition's rows that all repetitions share (the face model).
+    condition: the encoded condition of every (repetition, window) row, rows r * count + i; or,
+    when it has only `count` rows, one set that every repetition shares (the face model).
+    A step's condition rows are selected (and null rows swapped in) anew for each batch of
+    windows rather than kept for every window: the selection is cheap next to the forward pass,
+    and keeping them all would multiply the condition's memory by 2 x reps on long clips.
     """
 
     def __init__(
