@@ -14,7 +14,7 @@ from trainer_utils import DUMP_ENGINE_ENV, load_pt, read_scalars, scalar_tags, t
 
 from a2p.cli.export import main as export_main
 from a2p.errors import A2PError
-from a2p.inference.export import load_export
+from a2p.models.export import load_export
 from a2p.training import checkpoint as ckpt
 from a2p.training import train
 from a2p.training.tasks import build_task

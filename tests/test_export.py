@@ -8,9 +8,10 @@ import torch
 from a2p.cli.export import main as export_main
 from a2p.cli.train import main as train_main
 from a2p.errors import A2PError
-from a2p.inference.export import export_run, load_export
 from a2p.models.denoiser import ConditionInputs
+from a2p.models.export import load_export
 from a2p.training import checkpoint as ckpt
+from a2p.training.export import export_run
 from a2p.training.tasks import build_task
 
 

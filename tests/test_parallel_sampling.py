@@ -6,8 +6,8 @@ import torch
 from a2p.config.denoiser import denoiser_preset
 from a2p.diffusion import cosine_schedule, ddim_sample, respaced_schedule
 from a2p.diffusion.parallel import PicardStats, picard_ddim
-from a2p.inference.sampling import SamplerSetting, sample_motion
 from a2p.models.denoiser import build_denoiser
+from a2p.sampling import SamplerSetting, sample_motion
 
 
 @pytest.fixture(scope="module")

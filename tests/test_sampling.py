@@ -5,9 +5,11 @@ import torch
 
 from a2p.config.denoiser import denoiser_preset
 from a2p.errors import ConfigError
-from a2p.inference.sampling import SamplerSetting, sample_motion, sample_motion_reference
 from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import build_denoiser
+from a2p.sampling.clip import sample_motion
+from a2p.sampling.reference import sample_motion_reference
+from a2p.sampling.settings import SamplerSetting
 
 
 @pytest.fixture(scope="module")

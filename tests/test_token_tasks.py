@@ -4,7 +4,7 @@ import torch
 
 from a2p.cli.export import main as export_main
 from a2p.cli.train import main as train_main
-from a2p.inference.export import load_export
+from a2p.models.export import load_export
 
 COMMON = ["--preset", "debug", "--set", "train.batch_size=2", "--set", "train.precision=fp32"]
 

@@ -11,10 +11,10 @@ import torch.multiprocessing as mp
 from a2p.config.denoiser import denoiser_preset
 from a2p.config.guide import guide_preset
 from a2p.errors import ConfigError
-from a2p.inference.sampling import encode_windows, sample_motion
-from a2p.inference.windows import WindowedDenoiser, WindowPlan, feature_frames, generate_keyframe_codes
 from a2p.models.denoiser import build_denoiser
 from a2p.models.guide import build_guide
+from a2p.sampling import encode_windows, sample_motion
+from a2p.sampling.windows import WindowedDenoiser, WindowPlan, feature_frames, generate_keyframe_codes
 
 AUDIO_DIM = denoiser_preset("body", "debug").audio_dim
 

@@ -24,9 +24,9 @@ from a2p.constants import FPS
 from a2p.diffusion import ddim_sample
 from a2p.diffusion.parallel import PicardStats, picard_ddim
 from a2p.inference.runner import DEFAULT_GUIDANCE
-from a2p.inference.sampling import clip_model, setting_schedule
-from a2p.inference.windows import feature_frames
 from a2p.models.denoiser import build_denoiser
+from a2p.sampling import clip_model, setting_schedule
+from a2p.sampling.windows import feature_frames
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = round(args.seconds * FPS / 3) * 3  # whole feature frames
     with threads_and_seed(args.threads, args.seed), torch.no_grad():
         if args.face:
-            from a2p.inference.export import load_export
+            from a2p.models.export import load_export
 
             denoiser = load_export(args.face, expect_task="face").model.eval()
         else:

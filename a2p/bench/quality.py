@@ -26,7 +26,7 @@ import torch
 from a2p.bench.models import table
 from a2p.evaluation.run import PARTS, REPORTED, evaluate
 from a2p.inference.runner import Models, RunSettings, run, split_clips
-from a2p.inference.sampling import SamplerSetting
+from a2p.sampling import SamplerSetting
 
 DEFAULT_SETTINGS = ("ddim500", "ddim100", "ddim50", "dpmpp25", "dpmpp20")
 GPU_SETTINGS = ("dpmpp25+bf16", "paraddim500")

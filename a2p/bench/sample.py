@@ -13,7 +13,7 @@ the `--preset` sizes (weights change no cost):
   encoding the audio again and recomputing every position (the reference's
   `GuideTransformer.generate` calling `forward`); VQ decode; every diffusion step featurizes the
   audio, re-encodes the condition and runs the conditional and unconditional passes separately
-  (`a2p.inference.sampling.sample_motion_reference`).
+  (`a2p.sampling.reference.sample_motion_reference`).
 
 Both paths run a2p's mel featurizer. The reference ran a frozen wav2vec conv encoder in those
 places, which costs far more, so its real time per clip is higher than shown here.
@@ -48,13 +48,14 @@ from a2p.config.guide import guide_preset
 from a2p.config.vq import vq_preset
 from a2p.constants import FPS, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
 from a2p.errors import ConfigError
-from a2p.inference.export import Exported
 from a2p.inference.runner import DEFAULT_GUIDANCE, GUIDE_TOP_P, Models, sample_clip
-from a2p.inference.sampling import SamplerSetting, sample_motion_reference
 from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import build_denoiser
+from a2p.models.export import Exported
 from a2p.models.guide import GuideTransformer, build_guide, draw_uniforms, sample_top_p
 from a2p.models.vq import build_vq
+from a2p.sampling.reference import sample_motion_reference
+from a2p.sampling.settings import SamplerSetting
 
 DEFAULT_SETTINGS = ("ddim500", "dpmpp25")
 CPU_MEASURE_STEPS = 5

@@ -136,25 +136,15 @@ def scaling(args: argparse.Namespace) -> list[tuple[int, float]]:
     """samples/s per process of `a2p train body --preset debug` with 1 and 2 gloo processes."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from a2p.cli.data import main as data_main
+    from data_tools.build import build
+    from data_tools.synth import synthesize
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data_main(["synth", "--out", str(root / "raw"), "--scenes", "10", "--seconds", "30", "--seed", "0"])
-        data_main(
-            [
-                "build",
-                "--src",
-                str(root / "raw" / "PXB184"),
-                "--out",
-                str(root / "shards"),
-                "--features",
-                "mel",
-                "--max-shard-mb",  # one window per shard: a shard for every rank
-                "1",
-            ]
-        )
+        (person,) = synthesize(root / "raw", ["PXB184"], scenes=10, seconds=30, seed=0)
+        # one window per shard (1 MiB shards): a shard for every rank
+        build(person, root / "shards", features="mel", max_shard_bytes=1024 * 1024)
         for procs in (1, 2):
             run = root / f"run{procs}"
             command = [

@@ -9,7 +9,8 @@ import argparse
 import sys
 
 from a2p.cli.common import reports_errors, setup_logging
-from a2p.inference.export import export_run, load_export
+from a2p.models.export import load_export
+from a2p.training.export import export_run
 
 
 def build_parser() -> argparse.ArgumentParser:

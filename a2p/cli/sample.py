@@ -19,7 +19,7 @@ from a2p.constants import CROP_MAX_FRAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from a2p.inference.windows import DEFAULT_OVERLAP
+    from a2p.sampling.windows import DEFAULT_OVERLAP
 
     parser = argparse.ArgumentParser(prog="a2p sample", description=__doc__.splitlines()[0])
     parser.add_argument("audio", nargs="*", help="audio files, directories of them, or .txt lists")
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from a2p import distributed
     from a2p.errors import A2PError
     from a2p.inference.runner import Collectives, Models, RunSettings, Windowing, file_clips, run, split_clips
-    from a2p.inference.sampling import DEFAULT_SETTING, DEFAULT_SETTING_REASON, SamplerSetting
-    from a2p.inference.windows import WindowPlan
+    from a2p.sampling import DEFAULT_SETTING, DEFAULT_SETTING_REASON, SamplerSetting
+    from a2p.sampling.windows import WindowPlan
 
     args = build_parser().parse_args(argv)
     if bool(args.audio) == bool(args.data):

@@ -36,12 +36,12 @@ from a2p.constants import (
 from a2p.data.chunks import EVAL_CHUNK_FRAMES, iter_split_chunks
 from a2p.errors import A2PError, DataError
 from a2p.fileio import read_json, write_atomic
-from a2p.inference.export import Exported, load_export
 from a2p.inference.plots import motion_plot, write_png
 from a2p.inference.reference_results import reference_results, write_reference_results
-from a2p.inference.sampling import repetition_generators, sample_motion
-from a2p.inference.windows import DEFAULT_OVERLAP, AllReduce, WindowPlan, generate_keyframe_codes
 from a2p.models.audio import featurize_long
+from a2p.models.export import Exported, load_export
+from a2p.sampling import repetition_generators, sample_motion
+from a2p.sampling.windows import DEFAULT_OVERLAP, AllReduce, WindowPlan, generate_keyframe_codes
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from a2p.diffusion import (
 )
 from a2p.errors import ConfigError, DataError
 from a2p.evaluation.metrics import kinematic_diversity, motion_metrics, static_diversity
-from a2p.inference.sampling import SamplerSetting, sample_motion
-from a2p.models.denoiser import ConditionInputs, build_denoiser
+from a2p.models.denoiser import ConditionInputs
+from a2p.sampling import SamplerSetting, sample_motion
 from a2p.training.audio_inputs import AudioInputs
 from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
 
@@ -97,9 +97,6 @@ class DiffusionTask(Task):
         self.audio = AudioInputs(
             config.featurizer, config.featurizer_weights, config.model.audio_dim, "task.model.audio_dim"
         )
-
-    def build_model(self) -> nn.Module:
-        return build_denoiser(self.config.model)
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
         return self.audio.loader(ctx, self.name, self.config.num_workers, self.config.shuffle_buffer)

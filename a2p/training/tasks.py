@@ -27,6 +27,7 @@ from torch import nn
 from a2p.config.core import from_dict, load_config
 from a2p.config.train import TrainConfig
 from a2p.errors import ConfigError
+from a2p.models.registry import build_model
 
 TASK_MODULES: dict[str, str] = {
     "toy": "a2p.training.toy",
@@ -80,9 +81,10 @@ class TaskContext:
 
 
 class Task:
-    """Base class of the trainer's tasks: subclass, set `config_class`, implement the three hooks.
+    """Base class of the trainer's tasks: subclass, set `config_class`, implement its hooks.
 
-    Required: `build_model`, `build_data`, `loss`. Optional: `evaluate`, `counts`.
+    Required: `build_data`, `loss`. Optional: `build_model` (default: the model registry's),
+    `evaluate`, `counts`.
     """
 
     name: ClassVar[str] = ""
@@ -100,8 +102,13 @@ class Task:
         self.config = config
 
     def build_model(self) -> nn.Module:
-        """A freshly initialised model on the CPU (the trainer seeds the RNG and moves it)."""
-        raise NotImplementedError
+        """A freshly initialised model on the CPU (the trainer seeds the RNG and moves it).
+
+        By default the network `a2p.models.registry` holds for the task's name, so a checkpoint
+        or export of the task rebuilds it without training code; override only for a task whose
+        model is not in the registry (it then cannot be exported).
+        """
+        return build_model(self.name, self.config)
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
         """This rank's training stream of micro-batches of `ctx.batch_size` samples.

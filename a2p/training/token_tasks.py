@@ -18,8 +18,6 @@ from torch import Tensor, nn
 from a2p.config.guide import GuideConfig, guide_preset
 from a2p.config.vq import VQConfig, vq_preset
 from a2p.errors import ConfigError
-from a2p.models.guide import build_guide
-from a2p.models.vq import build_vq
 from a2p.training.audio_inputs import AudioInputs
 from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
 
@@ -47,9 +45,6 @@ class VQTask(Task):
     config_class = VQTaskConfig
     presets = {size: VQTaskConfig(model=vq_preset(size)) for size in ("paper", "debug")}
     default_preset = "paper"
-
-    def build_model(self) -> nn.Module:
-        return build_vq(self.config.model)
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
         from a2p.data import build_train_loader
@@ -109,7 +104,7 @@ class GuideTask(Task):
         super().__init__(config)
         if not config.vq:
             raise ConfigError("the guide task needs its trained VQ: --vq RUN_DIR_OR_EXPORT (task.vq)")
-        from a2p.inference.export import load_run_or_export
+        from a2p.training.export import load_run_or_export
 
         self.vq = load_run_or_export(config.vq, expect_task="vq").model.requires_grad_(False)
         vq_config = self.vq.config
@@ -121,9 +116,6 @@ class GuideTask(Task):
         self.audio = AudioInputs(
             config.featurizer, config.featurizer_weights, config.model.audio_dim, "task.model.audio_dim"
         )
-
-    def build_model(self) -> nn.Module:
-        return build_guide(self.config.model)
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
         return self.audio.loader(ctx, self.name, self.config.num_workers, self.config.shuffle_buffer)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from a2p.errors import DataError
+from a2p.models.toy import ToyModelConfig
 from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
 
 _EVAL_POSITION = -1
@@ -24,17 +25,9 @@ _EVAL_POSITION = -1
 
 
 @dataclass
-class ToyConfig:
-    """Sizes of the toy regression problem."""
+class ToyConfig(ToyModelConfig):
+    """The toy MLP's sizes (`a2p.models.toy`) and how its task runs."""
 
-    in_dim: int = 8
-    """Input features."""
-    hidden: int = 32
-    """Hidden width of the MLP."""
-    out_dim: int = 4
-    """Regression targets."""
-    dropout: float = 0.0
-    """Dropout after the hidden layer (non-zero makes training consume the torch RNG)."""
     step_sleep: float = 0.0
     """Seconds every loss call sleeps, standing in for compute time (preemption tests)."""
 
@@ -93,12 +86,6 @@ class ToyTask(Task):
 
     config_class = ToyConfig
     presets = {"debug": ToyConfig(), "paper": ToyConfig(hidden=256)}
-
-    def build_model(self) -> nn.Module:
-        c = self.config
-        return nn.Sequential(
-            nn.Linear(c.in_dim, c.hidden), nn.Tanh(), nn.Dropout(c.dropout), nn.Linear(c.hidden, c.out_dim)
-        )
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
         return ToyStream(self.config, ctx.batch_size, ctx.rank, ctx.world_size, ctx.seed)

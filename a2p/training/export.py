@@ -1,0 +1,102 @@
+"""Training runs to inference exports, and trained models from a run or an export.
+
+`export_run` turns a run (its latest checkpoint, or a named step directory) into the export file
+of `a2p.models.export`, which inference loads with no trainer code. `load_run_or_export` is for
+tasks that train on another model's output (the guide on the VQ's tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from a2p.errors import A2PError
+from a2p.models.export import Exported, load_export, write_export
+from a2p.models.registry import build_model
+from a2p.training import checkpoint as ckpt
+
+logger = logging.getLogger(__name__)
+
+
+def _checkpoint_of(run: str | Path) -> Path:
+    path = Path(run)
+    if (path / ckpt.META).is_file():
+        return path
+    found = ckpt.latest_checkpoint(ckpt.checkpoint_root(path))
+    if found is None:
+        raise A2PError(f"{path}: neither a checkpoint directory nor a run directory with checkpoints")
+    return found
+
+
+def model_of_run(
+    run: str | Path, use_ema: bool = True
+) -> tuple[dict[str, Any], dict[str, Any], nn.Module, str]:
+    """(checkpoint meta, resolved config, model with the EMA or raw weights, which) of a run."""
+    checkpoint = _checkpoint_of(run)
+    meta = ckpt.read_meta(checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    model = build_model(meta["task"], config["task"])
+    weights = "model"
+    state = ckpt.load_file(checkpoint, "model.pt")
+    if use_ema and (checkpoint / "ema.pt").is_file():
+        ema = ckpt.load_file(checkpoint, "ema.pt")
+        # The EMA also tracks non-persistent buffers (e.g. rotary frequencies): keep the model's keys.
+        averaged = {**ema["params"], **ema["buffers"]}
+        state = {name: averaged.get(name, tensor) for name, tensor in state.items()}
+        weights = "ema"
+    elif use_ema:
+        logger.warning(
+            "%s has no EMA weights (train.ema.enabled was false); using the raw weights", checkpoint
+        )
+    model.load_state_dict(state, strict=True)
+    return meta, config, model.eval(), weights
+
+
+def load_run_or_export(path: str | Path, expect_task: str) -> Exported:
+    """A trained model from an export file or from a run (its latest checkpoint's EMA weights)."""
+    path = Path(path)
+    if path.is_file():
+        return load_export(path, expect_task)
+    if not path.exists():
+        raise A2PError(f"{path}: no such export file or run directory")
+    meta, config, model, weights = model_of_run(path)
+    if meta["task"] != expect_task:
+        raise A2PError(f"{path}: is a {meta['task']!r} run, but a {expect_task!r} model is needed here")
+    return Exported(meta["task"], config["task"], model, int(meta["step"]), weights, _training_stats(config))
+
+
+def _training_stats(config: dict[str, Any]) -> dict[str, list[float]] | None:
+    """The normalization stats of the run's shards (its manifest), so outputs can be denormalized."""
+    from a2p.data.format import load_manifest
+
+    data = config.get("train", {}).get("data")
+    if not data:
+        return None
+    try:
+        return load_manifest(data).stats
+    except A2PError:
+        logger.warning("%s: shard manifest not readable; the export carries no normalization stats", data)
+        return None
+
+
+def export_run(run: str | Path, out: str | Path, use_ema: bool = True) -> Path:
+    """Write the EMA weights (or the raw weights) of `run`'s latest checkpoint to `out`, atomically."""
+    meta, config, model, weights = model_of_run(run, use_ema)
+    checkpoint = _checkpoint_of(run)
+    out = write_export(
+        out,
+        model.state_dict(),
+        task=meta["task"],
+        config=config["task"],
+        step=int(meta["step"]),
+        weights=weights,
+        stats=_training_stats(config),
+    )
+    logger.info(
+        "exported %s (%s weights, step %s) of %s to %s", meta["task"], weights, meta["step"], checkpoint, out
+    )
+    return out
