@@ -9,6 +9,7 @@ import torch
 
 from a2p.errors import A2PError
 from a2p.training import checkpoint as ckpt
+from a2p.training import rng, run_dir
 from a2p.training.ema import EMA
 
 
@@ -17,7 +18,7 @@ def _save(root, step, keep=0, **shared):
         root,
         step,
         shared={"model.pt": {"w": torch.full((3,), float(step))}, **shared},
-        rank_state={"rng": ckpt.capture_rng(), "data": {"position": step * 10}},
+        rank_state={"rng": rng.capture_rng(), "data": {"position": step * 10}},
         meta={"task": "toy", "backend": "ddp"},
         config={"train": {"max_steps": 9}},
         keep=keep,
@@ -42,7 +43,7 @@ def test_round_trip_of_every_part(tmp_path):
             "scheduler.pt": scheduler.state_dict(),
             "ema.pt": ema.state_dict(),
         },
-        rank_state={"rng": ckpt.capture_rng(), "data": {"position": 70, "shard": "a.tar"}},
+        rank_state={"rng": rng.capture_rng(), "data": {"position": 70, "shard": "a.tar"}},
         meta={"task": "toy", "backend": "ddp"},
         config={"train": {"seed": 4}},
         keep=3,
@@ -50,7 +51,7 @@ def test_round_trip_of_every_part(tmp_path):
     assert path.name == "step_000007"
     expected = (random.random(), np.random.rand(), torch.rand(2))
 
-    meta = ckpt.read_meta(path)
+    meta = run_dir.read_meta(path)
     assert (meta["step"], meta["task"], meta["world_size"], meta["format"]) == (
         7,
         "toy",
@@ -74,7 +75,7 @@ def test_round_trip_of_every_part(tmp_path):
     rank = ckpt.load_file(path, ckpt.rank_file_name(0))
     assert rank["data"] == {"position": 70, "shard": "a.tar"}
     random.random(), np.random.rand(), torch.rand(5)  # move the streams on
-    ckpt.restore_rng(rank["rng"])
+    rng.restore_rng(rank["rng"])
     again = (random.random(), np.random.rand(), torch.rand(2))
     assert again[0] == expected[0] and again[1] == expected[1] and torch.equal(again[2], expected[2])
 
@@ -83,14 +84,14 @@ def test_latest_pointer_and_keep_last_k(tmp_path):
     root = tmp_path / "checkpoints"
     for step in range(1, 6):
         _save(root, step, keep=2)
-    assert [s for s, _ in ckpt.list_checkpoints(root)] == [4, 5]
-    assert (root / ckpt.LATEST).read_text().strip() == "step_000005"
-    assert ckpt.latest_checkpoint(root) == root / "step_000005"
+    assert [s for s, _ in run_dir.list_checkpoints(root)] == [4, 5]
+    assert (root / run_dir.LATEST).read_text().strip() == "step_000005"
+    assert run_dir.latest_checkpoint(root) == root / "step_000005"
     assert not list(root.glob(".*"))  # no temp leftovers
-    assert ckpt.resolve_resume(tmp_path, "latest") == root / "step_000005"
-    assert ckpt.resolve_resume(tmp_path, str(tmp_path)) == root / "step_000005"
-    assert ckpt.resolve_resume(tmp_path, str(root / "step_000004")) == root / "step_000004"
-    assert ckpt.resolve_resume(tmp_path, None) is None
+    assert run_dir.resolve_resume(tmp_path, "latest") == root / "step_000005"
+    assert run_dir.resolve_resume(tmp_path, str(tmp_path)) == root / "step_000005"
+    assert run_dir.resolve_resume(tmp_path, str(root / "step_000004")) == root / "step_000004"
+    assert run_dir.resolve_resume(tmp_path, None) is None
 
 
 def test_crash_mid_save_keeps_previous_checkpoint_and_latest(tmp_path, monkeypatch):
@@ -108,14 +109,14 @@ def test_crash_mid_save_keeps_previous_checkpoint_and_latest(tmp_path, monkeypat
     with pytest.raises(OSError, match="simulated"):
         _save(root, 2)
     assert not (root / "step_000002").exists()
-    assert (root / ckpt.LATEST).read_text().strip() == "step_000001"
-    assert ckpt.latest_checkpoint(root) == root / "step_000001"
+    assert (root / run_dir.LATEST).read_text().strip() == "step_000001"
+    assert run_dir.latest_checkpoint(root) == root / "step_000001"
     assert torch.equal(ckpt.load_file(root / "step_000001", "model.pt")["w"], torch.ones(3))
-    assert [s for s, _ in ckpt.list_checkpoints(root)] == [1]
+    assert [s for s, _ in run_dir.list_checkpoints(root)] == [1]
 
     monkeypatch.setattr(ckpt, "_save", real_save)
     _save(root, 2)  # the next save clears the half-written temp directory
-    assert [s for s, _ in ckpt.list_checkpoints(root)] == [1, 2]
+    assert [s for s, _ in run_dir.list_checkpoints(root)] == [1, 2]
     assert not list(root.glob(".*tmp"))
 
 
@@ -127,20 +128,20 @@ def test_resaving_a_step_replaces_it_and_missing_latest_falls_back(tmp_path):
         root,
         2,
         shared={"model.pt": {"w": torch.zeros(3)}},
-        rank_state={"rng": ckpt.capture_rng(), "data": {}},
+        rank_state={"rng": rng.capture_rng(), "data": {}},
         meta={"task": "toy"},
         config={},
         keep=0,
     )
     assert torch.equal(ckpt.load_file(root / "step_000002", "model.pt")["w"], torch.zeros(3))
-    (root / ckpt.LATEST).write_text("step_000009\n")  # points at nothing
-    assert ckpt.latest_checkpoint(root) == root / "step_000002"
+    (root / run_dir.LATEST).write_text("step_000009\n")  # points at nothing
+    assert run_dir.latest_checkpoint(root) == root / "step_000002"
 
 
 def test_resume_targets(tmp_path):
-    assert ckpt.resolve_resume(tmp_path, "latest") is None  # requeued before the first save
+    assert run_dir.resolve_resume(tmp_path, "latest") is None  # requeued before the first save
     with pytest.raises(A2PError, match="not a checkpoint directory"):
-        ckpt.resolve_resume(tmp_path, str(tmp_path / "nowhere"))
+        run_dir.resolve_resume(tmp_path, str(tmp_path / "nowhere"))
 
 
 def test_ema_folds_weights_per_update():

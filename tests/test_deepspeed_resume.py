@@ -15,10 +15,10 @@ from trainer_utils import DUMP_ENGINE_ENV, load_pt, read_scalars, scalar_tags, t
 from a2p.cli.export import main as export_main
 from a2p.errors import A2PError
 from a2p.models.export import load_export
-from a2p.training import checkpoint as ckpt
 from a2p.training import train
+from a2p.training.backends import deepspeed as ds_backend
+from a2p.training.backends.deepspeed import WEIGHTS_ONLY, prepare_rescaled_resume, universal_checkpoint
 from a2p.training.tasks import build_task
-from a2p.training.trainer import _WEIGHTS_ONLY, _prepare_rescaled_resume
 
 pytestmark = pytest.mark.slow
 
@@ -77,19 +77,19 @@ def test_zero2_on_one_rank_resumes_on_two_with_its_adam_moments(tmp_path, monkey
     assert (step2 / "deepspeed/universal/zero/0.weight/exp_avg.pt").is_file()
     assert not list((step2 / "deepspeed").glob(".*"))
     with caplog.at_level(logging.INFO, logger="a2p"):
-        assert ckpt.universal_checkpoint(step2) == step2 / "deepspeed"
+        assert universal_checkpoint(step2) == step2 / "deepspeed"
     assert "converting" not in caplog.text
     with pytest.raises(A2PError, match="conversion to a DeepSpeed universal checkpoint failed"):
-        ckpt.universal_checkpoint(tmp_path / "dumps")
+        universal_checkpoint(tmp_path / "dumps")
 
     # If DeepSpeed cannot convert a checkpoint, the run starts from its fp32 weights and says so.
     def cannot_convert(checkpoint):
         raise A2PError(f"{checkpoint}: conversion failed")
 
-    monkeypatch.setattr(ckpt, "universal_checkpoint", cannot_convert)
+    monkeypatch.setattr(ds_backend, "universal_checkpoint", cannot_convert)
     model = build_task("toy", toy_config().task).build_model()
     with caplog.at_level(logging.WARNING, logger="a2p"):
-        assert _prepare_rescaled_resume(step2, model) == _WEIGHTS_ONLY
+        assert prepare_rescaled_resume(step2, model) == WEIGHTS_ONLY
     assert "the optimizer moments restart from zero" in caplog.text
     saved = torch.load(dumps / "one/saved_000002.pt")["params"]
     assert all(torch.equal(saved[name]["fp32"], t) for name, t in model.state_dict().items())

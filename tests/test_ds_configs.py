@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from a2p.config.train import TrainConfig
-from a2p.training.trainer import deepspeed_config
+from a2p.training.backends.deepspeed import deepspeed_config
 
 DS_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "ds_configs").glob("*.json"))
 

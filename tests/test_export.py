@@ -12,6 +12,7 @@ from a2p.models.denoiser import ConditionInputs
 from a2p.models.export import load_export
 from a2p.training import checkpoint as ckpt
 from a2p.training.export import export_run
+from a2p.training.run_dir import latest_checkpoint
 from a2p.training.tasks import build_task
 
 
@@ -42,7 +43,7 @@ def test_export_rebuilds_the_ema_model_exactly(body_shards, tmp_path, capsys):
     exported = load_export(out, expect_task="body")
     assert exported.step == 3 and exported.weights == "ema"
     # the same model built by hand from the checkpoint's EMA
-    checkpoint = ckpt.latest_checkpoint(run / "checkpoints")
+    checkpoint = latest_checkpoint(run / "checkpoints")
     task = build_task("body", exported.config)
     reference = task.build_model()
     ema = ckpt.load_file(checkpoint, "ema.pt")

@@ -14,7 +14,7 @@ from trainer_utils import load_pt, read_scalars, scalar_tags, toy_config
 
 from a2p.errors import A2PError, ConfigError
 from a2p.training import train
-from a2p.training.checkpoint import latest_checkpoint, list_checkpoints, read_meta
+from a2p.training.run_dir import latest_checkpoint, list_checkpoints, read_meta
 from a2p.training.signals import EXIT_PREEMPTED
 
 HERE = Path(__file__).parent
@@ -86,7 +86,8 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_bit_for_bit(tmp_path):
 
 
 def test_schedule_and_deepspeed_config_checks(tmp_path):
-    from a2p.training.trainer import deepspeed_config, lr_factor
+    from a2p.training.backends.deepspeed import deepspeed_config
+    from a2p.training.optim import lr_factor
 
     cfg = toy_config(
         "train.max_steps=10", "train.schedule.warmup_steps=2", "train.schedule.min_lr_ratio=0.1"

@@ -17,7 +17,7 @@ import torch
 from trainer_utils import load_pt, toy_config
 
 from a2p.training import train
-from a2p.training.checkpoint import latest_checkpoint, read_meta
+from a2p.training.run_dir import latest_checkpoint, read_meta
 
 pytestmark = pytest.mark.slow
 

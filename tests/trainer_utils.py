@@ -80,21 +80,20 @@ def dump_engine_state(engine: Any, path: Path) -> None:
 
 def _dump_engine_states(directory: Path) -> None:
     """Make the trainer call `dump_engine_state` after loading a checkpoint and after each save."""
-    from a2p.training.trainer import Trainer
+    from a2p.training.state import TrainState
 
-    load, save = Trainer._load, Trainer._save
+    load, save = TrainState.load, TrainState.save
 
-    def load_and_dump(self, path, engine, *args):
-        step = load(self, path, engine, *args)
-        dump_engine_state(engine, directory / "after_load.pt")
-        return step
+    def load_and_dump(self, path, **kwargs):
+        load(self, path, **kwargs)
+        dump_engine_state(self.backend.model, directory / "after_load.pt")
 
-    def save_and_dump(self, step, engine, *args):
-        saved = save(self, step, engine, *args)
-        dump_engine_state(engine, directory / f"saved_{step:06d}.pt")
+    def save_and_dump(self, run_dir, **kwargs):
+        saved = save(self, run_dir, **kwargs)
+        dump_engine_state(self.backend.model, directory / f"saved_{self.step:06d}.pt")
         return saved
 
-    Trainer._load, Trainer._save = load_and_dump, save_and_dump
+    TrainState.load, TrainState.save = load_and_dump, save_and_dump
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,16 +17,17 @@ from torch import nn
 from a2p.errors import A2PError
 from a2p.models.export import Exported, load_export, write_export
 from a2p.models.registry import build_model
-from a2p.training import checkpoint as ckpt
+from a2p.training.checkpoint import EMA_FILE, MODEL_FILE, load_file
+from a2p.training.run_dir import META, checkpoint_root, latest_checkpoint, read_meta
 
 logger = logging.getLogger(__name__)
 
 
 def _checkpoint_of(run: str | Path) -> Path:
     path = Path(run)
-    if (path / ckpt.META).is_file():
+    if (path / META).is_file():
         return path
-    found = ckpt.latest_checkpoint(ckpt.checkpoint_root(path))
+    found = latest_checkpoint(checkpoint_root(path))
     if found is None:
         raise A2PError(f"{path}: neither a checkpoint directory nor a run directory with checkpoints")
     return found
@@ -37,13 +38,13 @@ def model_of_run(
 ) -> tuple[dict[str, Any], dict[str, Any], nn.Module, str]:
     """(checkpoint meta, resolved config, model with the EMA or raw weights, which) of a run."""
     checkpoint = _checkpoint_of(run)
-    meta = ckpt.read_meta(checkpoint)
+    meta = read_meta(checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
     model = build_model(meta["task"], config["task"])
     weights = "model"
-    state = ckpt.load_file(checkpoint, "model.pt")
-    if use_ema and (checkpoint / "ema.pt").is_file():
-        ema = ckpt.load_file(checkpoint, "ema.pt")
+    state = load_file(checkpoint, MODEL_FILE)
+    if use_ema and (checkpoint / EMA_FILE).is_file():
+        ema = load_file(checkpoint, EMA_FILE)
         # The EMA also tracks non-persistent buffers (e.g. rotary frequencies): keep the model's keys.
         averaged = {**ema["params"], **ema["buffers"]}
         state = {name: averaged.get(name, tensor) for name, tensor in state.items()}
