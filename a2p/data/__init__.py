@@ -1,4 +1,5 @@
-"""Shards and the streaming loader: `format` is the on-disk contract, `pipeline` reads it.
+"""Shards and the streaming loader: `format` is the on-disk contract, `pipeline`
+(training) and `eval_loader` read it through `shards`.
 
 Training: `build_train_loader(shard_dir, batch_size, seed=..., num_workers=...)` gives a rank's
 resumable `TrainLoader` (`state_dict()` / `load_state_dict()`); evaluation:
@@ -23,13 +24,13 @@ _EXPORTS = {
     "Manifest": "a2p.data.format",
     "load_manifest": "a2p.data.format",
     "DEFAULT_SHUFFLE_BUFFER": "a2p.data.pipeline",
-    "EvalLoader": "a2p.data.pipeline",
-    "EvalStream": "a2p.data.pipeline",
+    "EvalLoader": "a2p.data.eval_loader",
+    "EvalStream": "a2p.data.eval_loader",
     "TrainLoader": "a2p.data.pipeline",
     "TrainStream": "a2p.data.pipeline",
-    "build_eval_loader": "a2p.data.pipeline",
+    "build_eval_loader": "a2p.data.eval_loader",
     "build_train_loader": "a2p.data.pipeline",
-    "worker_init": "a2p.data.pipeline",
+    "worker_init": "a2p.data.shards",
     "LoaderPosition": "a2p.data.state",
     "worker_plan": "a2p.data.state",
 }

@@ -20,7 +20,7 @@ def iter_split_chunks(
     shard_dir: str | Path, split: str, chunk: int = EVAL_CHUNK_FRAMES, audio: bool = True
 ) -> Iterator[tuple[str, int, dict]]:
     """(name, first frame in the scene, one-row batch) of every whole, non-repeating chunk of `split`."""
-    from a2p.data.pipeline import build_eval_loader
+    from a2p.data.eval_loader import build_eval_loader
 
     loader = build_eval_loader(
         shard_dir, 1, split=split, rank=0, world_size=1, crop_frames=chunk, audio=audio,

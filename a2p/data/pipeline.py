@@ -13,13 +13,7 @@ Each stream is a pure function of (seed, epoch, rank, R, K, stream); `a2p.data.s
 how the DataLoader's round-robin over workers is kept in step with a position, which makes resume
 exact and cheap (skipped samples are read and shuffled, never decoded).
 
-Evaluation (`build_eval_loader`): every window of the split, in manifest order, is cut into
-consecutive 600-frame chunks (the last one shorter, padded and masked), so every frame of every
-window appears exactly once; chunk `g` goes to rank `g % R`, and a rank's chunks are batched in
-order. Ranks are padded with empty chunks (`key` "", all masks False) to the same number of
-batches, so a collective per batch cannot hang. No randomness.
-
-Batch keys and shapes are documented in `a2p.data.crops`.
+Evaluation batches: `a2p.data.eval_loader`. Batch keys and shapes are documented in `a2p.data.crops`.
 """
 
 from __future__ import annotations
@@ -31,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from a2p.constants import CROP_MAX_FRAMES, CROP_MIN_FRAMES
-from a2p.data.crops import Batch, CropSpec, allocate, draw_crop, eval_crops, fill, take
-from a2p.data.decode import NormStats, RawSample, iter_shard, sample_frames
-from a2p.data.format import Manifest, load_manifest
+from a2p.data.crops import Batch, allocate, draw_crop, fill
+from a2p.data.decode import RawSample, iter_shard, sample_frames
+from a2p.data.shards import ShardSet, crop_spec, iterate, resolve_ranks, worker_init
 from a2p.data.state import (
     LoaderPosition,
     check_layout,
@@ -45,7 +38,6 @@ from a2p.data.state import (
     position_from_state,
     worker_plan,
 )
-from a2p.distributed import rank_info
 from a2p.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -59,26 +51,6 @@ consecutive windows of few scenes; drawing from several mixes scenes without hol
 _SEED_MASK = (1 << 63) - 1
 _SHARD_ORDER_TAG = 0x5EED5
 """Separates the shared shard permutation's seed from the per-stream seeds."""
-
-
-def worker_init(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: one intra-op thread per worker (workers already run in parallel)."""
-    torch.set_num_threads(1)
-
-
-def iterate(loader: DataLoader) -> Iterator[Any]:
-    """Iterate a DataLoader, shutting its workers down as soon as the consumer stops or a worker fails.
-
-    Left to garbage collection after a worker's error, PyTorch's iterator waits 5 s per worker
-    before it gives up on joining them; shutting down explicitly takes milliseconds.
-    """
-    iterator = iter(loader)
-    try:
-        yield from iterator
-    finally:
-        shutdown = getattr(iterator, "_shutdown_workers", None)  # multi-process iterators only
-        if shutdown is not None:
-            shutdown()
 
 
 def interleave(
@@ -117,44 +89,6 @@ def shuffle_samples(samples: Iterator[RawSample], size: int, rng: np.random.Gene
         yield buffer[index]
 
 
-def _resolve_ranks(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    info = rank_info() if rank is None or world_size is None else None
-    rank = info.rank if rank is None and info else rank
-    world_size = info.world_size if world_size is None and info else world_size
-    assert rank is not None and world_size is not None
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} out of range for world size {world_size}")
-    return rank, world_size
-
-
-def _crop_spec(
-    manifest: Manifest, crop_frames: int, min_frames: int, audio: bool, features: bool
-) -> CropSpec:
-    rate = int(manifest.features["rate_hz"]) if manifest.features else None
-    return CropSpec(
-        crop_frames=crop_frames, min_frames=min_frames, audio=audio, features=features, feature_rate_hz=rate
-    )
-
-
-class _ShardSet:
-    """A split's shards as the manifest lists them, with the stats to normalize them."""
-
-    def __init__(self, shard_dir: str | Path, split: str, normalize: bool) -> None:
-        self.shard_dir = Path(shard_dir)
-        self.split = split
-        self.manifest = load_manifest(self.shard_dir)
-        info = self.manifest.split(split)
-        self.shards: list[tuple[str, int, int]] = [
-            (str(self.shard_dir / s.name), s.samples, s.bytes) for s in info.shards
-        ]
-        self.samples = info.samples or sum(s.samples for s in info.shards)
-        if not self.shards or self.samples <= 0:
-            raise DataError(f"{self.shard_dir}: split {split!r} has no samples")
-        source = str(self.shard_dir / "manifest.json")
-        self.stats = NormStats.from_manifest(self.manifest, source) if normalize else NormStats.identity()
-        self.feature_dim = int(self.manifest.features["dim"]) if self.manifest.features else None
-
-
 class TrainStream(IterableDataset):
     """One rank's training batches for one epoch, split over DataLoader workers (see the module doc).
 
@@ -186,15 +120,15 @@ class TrainStream(IterableDataset):
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.data = _ShardSet(shard_dir, split, normalize)
+        self.data = ShardSet(shard_dir, split, normalize)
         self.batch_size = batch_size
         self.seed = int(seed)
-        self.rank, self.world_size = _resolve_ranks(rank, world_size)
+        self.rank, self.world_size = resolve_ranks(rank, world_size)
         self.num_workers = int(num_workers)
         self.num_streams = max(1, self.num_workers)
         self.shuffle_buffer = int(shuffle_buffer)
         self.open_shards = max(1, int(open_shards))
-        self.spec = _crop_spec(self.data.manifest, crop_frames, min_frames, audio, features)
+        self.spec = crop_spec(self.data.manifest, crop_frames, min_frames, audio, features)
         total_streams = self.world_size * self.num_streams
         if len(self.data.shards) < total_streams:
             raise DataError(
@@ -434,115 +368,3 @@ def build_train_loader(
         normalize=normalize,
     )
     return TrainLoader(dataset, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
-
-
-class EvalStream(IterableDataset):
-    """Deterministic, in-order evaluation batches of one rank (see the module doc)."""
-
-    def __init__(
-        self,
-        shard_dir: str | Path,
-        batch_size: int,
-        *,
-        split: str = "val",
-        rank: int | None = None,
-        world_size: int | None = None,
-        crop_frames: int = CROP_MAX_FRAMES,
-        audio: bool = True,
-        features: bool = True,
-        normalize: bool = True,
-        pad_ranks: bool = True,
-    ) -> None:
-        super().__init__()
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.data = _ShardSet(shard_dir, split, normalize)
-        self.batch_size = batch_size
-        self.rank, self.world_size = _resolve_ranks(rank, world_size)
-        self.spec = _crop_spec(self.data.manifest, crop_frames, crop_frames, audio, features)
-        self.pad_ranks = pad_ranks
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        batch_index, batch, rows = -1, None, 0
-
-        def row_for(local: int) -> Iterator[Batch]:
-            """Point (batch, rows) at rank-local chunk `local`'s row, yielding the batch it completes."""
-            nonlocal batch_index, batch, rows
-            if local // self.batch_size != batch_index:
-                if batch is not None:
-                    yield take(batch, rows)
-                batch_index, rows = local // self.batch_size, 0
-                batch = allocate(self.spec, self.batch_size, self.data.feature_dim, info is not None)
-
-        chunks = 0  # chunks of the whole split seen so far
-        mine = 0  # of which this rank's
-        for path, samples, size in self.data.shards:
-            for sample in iter_shard(path, samples, size):
-                for start, length in eval_crops(sample_frames(sample), self.spec):
-                    g, chunks = chunks, chunks + 1
-                    if g % self.world_size != self.rank:
-                        continue
-                    local, mine = mine, mine + 1
-                    if (local // self.batch_size) % workers != worker:
-                        continue
-                    yield from row_for(local)
-                    fill(batch, rows, sample, start, length, self.spec, self.data.stats)
-                    rows += 1
-        total = -(-chunks // self.world_size) if self.pad_ranks else mine
-        for local in range(mine, total):  # empty rows: zeros, every mask False, key ""
-            if (local // self.batch_size) % workers == worker:
-                yield from row_for(local)
-                rows += 1
-        if batch is not None:
-            yield take(batch, rows)
-
-
-class EvalLoader:
-    """Iterable over one rank's evaluation batches (a new pass each time); `dataset` is its `EvalStream`."""
-
-    def __init__(self, dataset: EvalStream, num_workers: int = 0) -> None:
-        self.dataset = dataset
-        self.loader = DataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=num_workers,
-            worker_init_fn=worker_init if num_workers else None,
-        )
-
-    def __iter__(self) -> Iterator[Batch]:
-        return iterate(self.loader)
-
-
-def build_eval_loader(
-    shard_dir: str | Path,
-    batch_size: int,
-    *,
-    split: str = "val",
-    rank: int | None = None,
-    world_size: int | None = None,
-    num_workers: int = 0,
-    crop_frames: int = CROP_MAX_FRAMES,
-    audio: bool = True,
-    features: bool = True,
-    normalize: bool = True,
-    pad_ranks: bool = True,
-) -> EvalLoader:
-    """This rank's evaluation loader: every window of `split` in order, in `crop_frames` chunks.
-
-    With workers, each worker reads every shard (cheap headers) and decodes only its own batches.
-    """
-    dataset = EvalStream(
-        shard_dir,
-        batch_size,
-        split=split,
-        rank=rank,
-        world_size=world_size,
-        crop_frames=crop_frames,
-        audio=audio,
-        features=features,
-        normalize=normalize,
-        pad_ranks=pad_ranks,
-    )
-    return EvalLoader(dataset, num_workers)
