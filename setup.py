@@ -27,6 +27,7 @@ setup(
         "soundfile==0.14.0",
         "tqdm>=4.66",
         "safetensors==0.8.0",
+        "matplotlib==3.11.2",
     ],
     extras_require={"dev": ["pytest==9.2.0", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["a2p=a2p.cli.main:main"]},

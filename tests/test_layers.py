@@ -105,7 +105,7 @@ def test_the_walk_sees_lazy_and_sideways_imports(tmp_path, monkeypatch, room, so
 def test_loading_an_export_for_inference_imports_no_trainer_code() -> None:
     """What `a2p sample` imports to load and run exports holds nothing of `a2p.training`."""
     code = (
-        "import sys, a2p.models.export, a2p.inference.runner, a2p.cli.sample; "
+        "import sys, a2p.models.export, a2p.inference.job, a2p.cli.sample; "
         "print(sorted(m for m in sys.modules if m.startswith('a2p.training')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,6 +1,7 @@
 """Motion metrics at eval steps: masked chunks, the too-few-frames fallback, TensorBoard scalars of a
 real face and body run, and two gloo ranks scoring exactly what one rank scores."""
 
+import io
 import json
 import logging
 import math
@@ -8,6 +9,7 @@ import os
 import socket
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ import torch.multiprocessing as mp
 
 from a2p.cli.train import main as train_main
 from a2p.training.diffusion_tasks import EvalWindow, valid_chunks, window_metrics
+from a2p.training.figures import motion_figure
 from a2p.training.tasks import TaskContext, build_task, load_run_config
 
 METRIC_TAGS = ("fd_g", "fd_k", "div_g", "div_k", "gt_div_g", "gt_div_k")
@@ -76,7 +79,20 @@ def _eval_run(task: str, data: Path, run_dir: Path) -> dict[str, float]:
     assert train_main(args) == 0
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
+    assert_motion_figure_logged(events)
     return {tag: events.Scalars(f"eval/{tag}")[-1].value for tag in (*METRIC_TAGS, "sample_mse")}
+
+
+def assert_motion_figure_logged(events) -> None:
+    """The eval step's real-vs-generated figure is an image summary under `eval/motion` that decodes
+    to the figure's size and is not blank."""
+    [image] = events.Images("eval/motion")
+    expected = motion_figure(torch.zeros(3, 8), torch.zeros(3, 8))
+    width, height = (int(round(v)) for v in expected.get_size_inches() * expected.dpi)
+    assert (image.width, image.height) == (width, height)
+    pixels = matplotlib.image.imread(io.BytesIO(image.encoded_image_string), format="png")
+    assert pixels.shape[:2] == (height, width)
+    assert (pixels[:, :, :3] < 0.5).mean() > 0.005  # axes, labels and curves drawn
 
 
 @pytest.mark.parametrize("task, shards", [("face", "mel"), ("body", "plain")])

@@ -23,7 +23,7 @@ from a2p.config.denoiser import denoiser_preset
 from a2p.constants import FPS
 from a2p.diffusion import ddim_sample
 from a2p.diffusion.parallel import PicardStats, picard_ddim
-from a2p.inference.runner import DEFAULT_GUIDANCE
+from a2p.inference.pipeline import DEFAULT_GUIDANCE
 from a2p.models.denoiser import build_denoiser
 from a2p.sampling import clip_model, setting_schedule
 from a2p.sampling.windows import feature_frames

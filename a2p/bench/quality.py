@@ -25,7 +25,9 @@ import torch
 
 from a2p.bench.models import table
 from a2p.evaluation.run import PARTS, REPORTED, evaluate
-from a2p.inference.runner import Models, RunSettings, run, split_clips
+from a2p.inference.clips import split_clips
+from a2p.inference.job import RunSettings, run
+from a2p.inference.pipeline import Models
 from a2p.sampling import SamplerSetting
 
 DEFAULT_SETTINGS = ("ddim500", "ddim100", "ddim50", "dpmpp25", "dpmpp20")

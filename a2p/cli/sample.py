@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from a2p import distributed
     from a2p.errors import A2PError
-    from a2p.inference.runner import Collectives, Models, RunSettings, Windowing, file_clips, run, split_clips
+    from a2p.inference.clips import file_clips, split_clips
+    from a2p.inference.job import Collectives, RunSettings, run
+    from a2p.inference.pipeline import Models, Windowing
     from a2p.sampling import DEFAULT_SETTING, DEFAULT_SETTING_REASON, SamplerSetting
     from a2p.sampling.windows import WindowPlan
 

@@ -153,7 +153,11 @@ class DiffusionTask(Task):
         first = windows[0]
         out: dict[str, Any] = {"sample_mse": squares / max(values, 1)}
         out.update(window_metrics(windows, self.config.eval_metric_chunk))
-        out["motion"] = motion_figure(torch.from_numpy(first.real), torch.from_numpy(first.generated))
+        out["motion"] = motion_figure(
+            torch.from_numpy(first.real),
+            torch.from_numpy(first.generated),
+            title=f"{self.name}: val window {first.index}, real vs. {self.config.eval_sampler} sample",
+        )
         return out
 
     def _eval_batches(self, ctx: TaskContext) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,32 +1,46 @@
-"""Images for TensorBoard drawn with tensors alone: real vs. generated motion curves."""
+"""Figures for TensorBoard: real vs. generated motion curves of an evaluation window.
+
+The figure is a `matplotlib.figure.Figure` made directly, not through pyplot;
+`SummaryWriter.add_figure` renders it with Agg.
+"""
 
 from __future__ import annotations
 
-import torch
+import numpy as np
+from matplotlib.figure import Figure
 from torch import Tensor
 
-REAL_RGB = (0.2, 0.4, 1.0)
-GENERATED_RGB = (1.0, 0.35, 0.1)
+from a2p.constants import FPS
+
+REAL_COLOR = "tab:blue"
+GENERATED_COLOR = "tab:orange"
+FIGURE_WIDTH_IN = 8.0
+PANEL_HEIGHT_IN = 1.4
+DPI = 100
 
 
-def motion_figure(real: Tensor, generated: Tensor, channels: int = 4, height: int = 48) -> Tensor:
-    """A (3, channels * height, T) float image in [0, 1]: one panel per channel, real in blue, generated in orange.
+def motion_figure(
+    real: Tensor, generated: Tensor, channels: int = 4, *, title: str = "real vs. generated motion"
+) -> Figure:
+    """One panel per channel of the first `channels`, real and generated overlaid over time in seconds.
 
-    real, generated: (T, D). The first `channels` channels are drawn, each panel scaled to the
-    range of its real curve (so a generated curve that leaves it is clipped at the panel's edge).
+    real, generated: (T, D) motion at `FPS` frames per second.
     """
-    frames = real.shape[0]
-    image = torch.ones(3, channels * height, frames)
-    columns = torch.arange(frames)
-    for panel in range(min(channels, real.shape[1])):
-        low, high = real[:, panel].min(), real[:, panel].max()
-        span = (high - low).clamp(min=1e-6)
-        for curve, rgb in ((real[:, panel], REAL_RGB), (generated[:, panel], GENERATED_RGB)):
-            rows = (
-                ((1 - (curve.float().cpu() - low) / span) * (height - 1)).round().long().clamp(0, height - 1)
+    shown = min(channels, real.shape[1])
+    times = np.arange(real.shape[0]) / FPS  # (T,) seconds
+    figure = Figure(figsize=(FIGURE_WIDTH_IN, PANEL_HEIGHT_IN * (shown + 0.5)), dpi=DPI, layout="constrained")
+    axes = figure.subplots(shown, 1, sharex=True, squeeze=False)[:, 0]
+    for channel, ax in enumerate(axes):
+        for curve, label, color in ((real, "real", REAL_COLOR), (generated, "generated", GENERATED_COLOR)):
+            ax.plot(
+                times, curve[:, channel].detach().float().cpu().numpy(), label=label, color=color, linewidth=1
             )
-            for c, value in enumerate(rgb):
-                image[c, panel * height + rows, columns] = value
-        if panel:
-            image[:, panel * height, :] = 0.6  # a grey line between panels
-    return image
+        ax.set_ylabel(f"channel {channel}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(
+        loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize="small", frameon=False
+    )  # off the data
+    axes[-1].set_xlim(0, real.shape[0] / FPS)
+    axes[-1].set_xlabel("time (s)")
+    figure.suptitle(title)
+    return figure
