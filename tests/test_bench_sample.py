@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from a2p.bench.sample import extrapolate, main, timed_setting
+from a2p.bench.sample import main, timed_setting
+from a2p.bench.sample_report import extrapolate
 from a2p.errors import ConfigError
 
 NUMBER = r"([\d.]+)"

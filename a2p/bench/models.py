@@ -22,7 +22,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from a2p.bench.flops import count_flops, flops_and_result, format_count
+from a2p.bench.timing import time_in_turns
 from a2p.config.denoiser import denoiser_preset
 from a2p.config.guide import guide_preset
 from a2p.config.vq import vq_preset
@@ -94,30 +94,20 @@ def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def time_ms(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> tuple[float, int]:
+def time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, int]:
     """Median wall time (ms) of `repeats` calls of `fn`, and the FLOPs of the warm-up call."""
-    (ms,), (flops,) = time_interleaved([fn], repeats, sync)
+    (ms,), (flops,) = time_interleaved([fn], repeats, device)
     return ms, flops
 
 
 def time_interleaved(
-    fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]
+    fns: list[Callable[[], object]], repeats: int, device: torch.device
 ) -> tuple[list[float], list[int]]:
-    """Median wall times (ms) of `repeats` calls of each of `fns`, and the FLOPs of their warm-up calls.
-
-    The functions take turns (a, b, a, b, ...), so a change of machine load in the middle of a
-    run slows both alike and their ratio stays fair.
-    """
+    """Median wall times (ms) of `repeats` calls of each of `fns`, taking turns, and the FLOPs of
+    their warm-up calls."""
     flops = [flops_and_result(fn)[0] for fn in fns]  # the warm-up calls, counted
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, spent in zip(fns, times):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(spent) * 1000.0 for spent in times], flops
+    spent = time_in_turns(fns, repeats, device=device)
+    return [statistics.median(seconds) * 1000.0 for seconds in spent], flops
 
 
 @dataclass
@@ -139,10 +129,6 @@ class Setup:
         """Stereo 48 kHz audio (batch, frames * 1600, 2) in [-1, 1]."""
         samples = self.frames * SAMPLES_PER_FRAME
         return (torch.rand(batch, samples, AUDIO_CHANNELS, generator=self.generator) * 2 - 1).to(self.device)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -177,7 +163,7 @@ def bench_denoiser(name: str, setup: Setup) -> Report:
             condition = condition.map(lambda x: x.expand(reps, *x.shape[1:]))
             return model.expand_for_cfg(condition)  # (2R, ...): conditional rows, then null rows
 
-        once_ms, _ = time_ms(encode_once, setup.steps, setup.sync)
+        once_ms, _ = time_ms(encode_once, setup.steps, setup.device)
         cfg_condition = encode_once()
         x_cfg, t_cfg = torch.cat([x_t, x_t]), torch.cat([t, t])
 
@@ -195,7 +181,7 @@ def bench_denoiser(name: str, setup: Setup) -> Report:
             return torch.cat(outs)
 
         (a2p_ms, reference_ms), (a2p_flops, reference_flops) = time_interleaved(
-            [a2p_step, reference_step], setup.steps, setup.sync
+            [a2p_step, reference_step], setup.steps, setup.device
         )
     step = StepTiming(a2p_ms, reference_ms, once_ms, a2p_flops, reference_flops)
     return Report(name, parameter_count(model), flops, step=step)
@@ -242,10 +228,10 @@ def bench_guide(setup: Setup) -> Report:
             cached_flops = count_flops(generate(one, use_cache=True))
             full_flops = count_flops(generate(one, use_cache=False))
         batch = one.expand(setup.reps, *one.shape[1:])  # (R, T_audio, D_audio): repetitions together
-        once_ms, _ = time_ms(lambda: model.encode_audio(batch), setup.steps, setup.sync)
+        once_ms, _ = time_ms(lambda: model.encode_audio(batch), setup.steps, setup.device)
         with audio_encoded_beforehand(model, batch):
             (cached_ms, full_ms), _ = time_interleaved(
-                [generate(batch, use_cache=True), generate(batch, use_cache=False)], setup.steps, setup.sync
+                [generate(batch, use_cache=True), generate(batch, use_cache=False)], setup.steps, setup.device
             )
     levels = model.config.levels
     flops = [
@@ -272,12 +258,10 @@ def table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str
 
 def render(reports: list[Report], setup: Setup, threads: int) -> str:
     clip = f"{setup.frames} frames ({setup.frames / FPS:.1f} s)"
-    cpu = platform.processor() or platform.machine()
     out = [
         f"a2p bench models: preset={setup.preset}, clip={clip}, reps={setup.reps}, "
         f"device={setup.device}, dtype={str(setup.dtype).removeprefix('torch.')}",
-        f"machine: {platform.system()} {cpu} ({cpu_name()}), torch threads={threads}, "
-        f"torch {torch.__version__}, python {platform.python_version()}",
+        machine_line(threads),
         "",
         f"Size and forward FLOPs per clip of {clip}, batch 1",
         "(matmul, conv and attention, 2 FLOPs per multiply-add):",
@@ -363,6 +347,15 @@ def render(reports: list[Report], setup: Setup, threads: int) -> str:
 def format_ms(ms: float) -> str:
     """Milliseconds to 0.1, or to 0.01 below 10 ms."""
     return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}"
+
+
+def machine_line(threads: int) -> str:
+    """The `machine:` line of a bench's header: system, CPU, torch threads, torch and python versions."""
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"machine: {platform.system()} {cpu} ({cpu_name()}), torch threads={threads}, "
+        f"torch {torch.__version__}, python {platform.python_version()}"
+    )
 
 
 def cpu_name() -> str:

@@ -16,7 +16,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from a2p.bench.models import table
+from a2p.bench.timing import timed_call
 from a2p.evaluation.run import PARTS, REPORTED, evaluate
 from a2p.inference.clips import split_clips
 from a2p.inference.job import RunSettings, run
@@ -71,12 +71,11 @@ def sample_setting(
     models: Models, data: str, split: str, setting: str, reps: int, seed: int, device: torch.device, out: Path
 ) -> Outcome:
     name, bf16 = parse(setting)
-    started = time.perf_counter()
     settings = RunSettings(reps=reps, setting=name, seed=seed, bf16=bf16)
-    summary = run(split_clips(data, split), models, out, settings, rank=0, world_size=1, device=device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
+    summary, seconds = timed_call(
+        lambda: run(split_clips(data, split), models, out, settings, rank=0, world_size=1, device=device),
+        device,
+    )
     clips = len(summary.assembled)
     return Outcome(setting, seconds / max(clips, 1), clips, evaluate(data, out, split, seed=seed))
 

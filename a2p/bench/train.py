@@ -19,12 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from a2p.bench.timing import time_calls
 from a2p.config.audio import FEATURE_DIMS
 from a2p.constants import (
     AUDIO_CHANNELS,
@@ -125,11 +125,7 @@ def samples_per_sec(name: str, args: argparse.Namespace, reference: bool) -> flo
         loss(batch).backward()
         optimizer.step()
 
-    step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    return args.steps * args.batch_size / (time.perf_counter() - start)
+    return args.steps * args.batch_size / sum(time_calls(step, args.steps, warmup=1))
 
 
 def scaling(args: argparse.Namespace) -> list[tuple[int, float]]:

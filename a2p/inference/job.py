@@ -308,6 +308,4 @@ def _write_outputs(
         "window": settings.windowing.window,
         "overlap": settings.windowing.overlap,
     }
-    write_clip(
-        out_dir, name, arrays, audio, fields, plot=settings.plot, results_npy=settings.results_npy
-    )
+    write_clip(out_dir, name, arrays, audio, fields, plot=settings.plot, results_npy=settings.results_npy)

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from a2p.config.denoiser import DenoiserConfig
-from a2p.constants import FEATURE_RATE_HZ, FPS, KEYFRAME_INTERVAL
+from a2p.constants import KEYFRAME_INTERVAL
 from a2p.models.layers import (
     CausalDilatedConvStack,
     FiLMDecoderLayer,
@@ -47,17 +47,12 @@ from a2p.models.layers import (
     Rotation,
     TimestepEmbedding,
     TransformerEncoderLayer,
+    audio_positions,
     init_xavier_,
 )
 
 TIME_HIDDEN_MULT = 4
 """The timestep embedding's hidden width, in multiples of the model width (as the reference)."""
-
-
-def audio_positions(length: int, device: torch.device) -> Tensor:
-    """Positions (length,) of 100 Hz audio features in motion frames (centres of their blocks)."""
-    n = torch.arange(length, device=device, dtype=torch.float32)
-    return (n + 0.5) * (FPS / FEATURE_RATE_HZ) - 0.5
 
 
 def guide_positions(length: int, device: torch.device) -> Tensor:

@@ -5,11 +5,12 @@ level 1, ..., so token i is level i % L of keyframe i // L. Input position i hol
 before it (a start token at position 0) and predicts token i. An input is embedded as token +
 level embedding (the level of the token it predicts); positions enter through rotary embeddings.
 
-Network. A decoder-only FiLM transformer (the reference's FiLMTransformerDecoderLayer): per layer
-causal rotary self-attention, cross-attention to the audio, and a feed-forward block, each
-pre-normed, FiLM-modulated by the pooled audio and added to the residual stream. The 100 Hz audio
-features pass a stack of dilated convs, a projection to the model width and a layer norm before
-cross-attention; their mean, through a small MLP, is the FiLM vector.
+Network. A decoder-only FiLM transformer of the denoisers' `FiLMDecoderLayer` (the reference's
+FiLMTransformerDecoderLayer) with one cross-attention: per layer causal rotary self-attention,
+cross-attention to the audio, and a feed-forward block, each pre-normed, FiLM-modulated by the
+pooled audio and added to the residual stream. The 100 Hz audio features pass a stack of dilated
+convs, a projection to the model width and a layer norm before cross-attention; their mean,
+through a small MLP, is the FiLM vector.
 
 Time alignment. Self-attention rotates by token index. Cross-attention rotates by time on the
 axis the denoiser uses (motion frames): the query of token i sits at keyframe i // L, frame
@@ -31,20 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from a2p.config.guide import GuideConfig
-from a2p.constants import FEATURE_RATE_HZ, FPS, KEYFRAME_INTERVAL
-from a2p.models.layers import Attention, FeedForward, FiLM, KeyValue, RotaryEmbedding, Rotation
+from a2p.constants import KEYFRAME_INTERVAL
+from a2p.models.layers import FiLMDecoderLayer, KeyValue, KVCache, RotaryEmbedding, audio_positions
 
 Generators = torch.Generator | list[torch.Generator] | None
 """One generator for the batch, one per row, or None for the default generator."""
 
 NEGATIVE_SLOPE = 0.2
 """Slope of the leaky ReLUs of the audio conv stack (the reference's)."""
-
-
-def audio_positions(length: int, device: torch.device) -> Tensor:
-    """Times (length,) of 100 Hz audio features in motion frames: the centres of their sample blocks."""
-    n = torch.arange(length, device=device, dtype=torch.float32)
-    return (n + 0.5) * (FPS / FEATURE_RATE_HZ) - 0.5
 
 
 class AudioConvStack(nn.Module):
@@ -87,72 +82,6 @@ class AudioMemory:
     """(B, W) FiLM conditioning vector."""
 
 
-class KVCache:
-    """Self-attention keys and values of the positions decoded so far, in buffers preallocated per layer."""
-
-    def __init__(self, layers: int, capacity: int) -> None:
-        self.keys: list[Tensor | None] = [None] * layers
-        self.values: list[Tensor | None] = [None] * layers
-        self.capacity = capacity
-        self.length = 0
-
-    def append(self, layer: int, k: Tensor, v: Tensor) -> KeyValue:
-        """Store k, v (B, H, n, D) after the cached positions; return all keys and values so far."""
-        end = self.length + k.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"key/value cache holds {self.capacity} positions, asked for {end}")
-        if self.keys[layer] is None:
-            shape = (*k.shape[:2], self.capacity, k.shape[3])
-            self.keys[layer] = k.new_empty(shape)
-            self.values[layer] = v.new_empty(shape)
-        keys, values = self.keys[layer], self.values[layer]
-        keys[:, :, self.length : end] = k
-        values[:, :, self.length : end] = v
-        return keys[:, :, :end], values[:, :, :end]
-
-
-class GuideLayer(nn.Module):
-    """Pre-norm FiLM decoder layer: causal self-attention (with an optional cache), cross-attention, feed-forward."""
-
-    def __init__(self, width: int, heads: int, ff_dim: int, dropout: float) -> None:
-        super().__init__()
-        self.norm_self = nn.LayerNorm(width)
-        self.self_attention = Attention(width, heads, dropout)
-        self.film_self = FiLM(width, width)
-        self.norm_cross = nn.LayerNorm(width)
-        self.cross_attention = Attention(width, heads, dropout)
-        self.film_cross = FiLM(width, width)
-        self.norm_ff = nn.LayerNorm(width)
-        self.ff = FeedForward(width, ff_dim, dropout)
-        self.film_ff = FiLM(width, width)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        audio_kv: KeyValue,
-        pooled: Tensor,
-        self_rotation: Rotation,
-        cross_rotation: Rotation,
-        cache: KVCache | None = None,
-        index: int = 0,
-    ) -> Tensor:
-        """x (B, n, W) at positions after those in `cache` -> (B, n, W)."""
-        h = self.norm_self(x)
-        q = self.self_attention.query(h, self_rotation)  # (B, H, n, D)
-        k, v = self.self_attention.key_value(h, self_rotation)
-        if cache is not None:
-            k, v = cache.append(index, k, v)
-        if 1 < q.shape[2] != k.shape[2]:
-            raise ValueError("with cached positions, decode one token at a time")
-        # n queries over n keys: causal; one query over all keys before it: nothing to mask.
-        a = self.self_attention.attend(q, k, v, is_causal=q.shape[2] > 1)
-        x = x + self.film_self(self.dropout(a), pooled)
-        q = self.cross_attention.query(self.norm_cross(x), cross_rotation)
-        x = x + self.film_cross(self.dropout(self.cross_attention.attend(q, *audio_kv)), pooled)
-        return x + self.film_ff(self.dropout(self.ff(self.norm_ff(x))), pooled)
-
-
 class GuideTransformer(nn.Module):
     """Autoregressive model of the VQ tokens of keyframes given 100 Hz audio features."""
 
@@ -174,7 +103,8 @@ class GuideTransformer(nn.Module):
         self.null_audio = nn.Parameter(0.02 * torch.randn(c.width))
         self.null_pooled = nn.Parameter(0.02 * torch.randn(c.width))
         self.layers = nn.ModuleList(
-            GuideLayer(c.width, c.heads, c.ff_dim, c.dropout) for _ in range(c.layers)
+            FiLMDecoderLayer(c.width, c.heads, c.ff_dim, c.dropout, cross_attentions=1)
+            for _ in range(c.layers)
         )
         self.out_norm = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, c.codes)
@@ -199,7 +129,7 @@ class GuideTransformer(nn.Module):
             pooled = torch.where(keep[:, None], pooled, self.null_pooled.to(pooled.dtype))
         memory = self.audio_norm(tokens)
         rotation = self.rotary(audio_positions(memory.shape[1], memory.device))
-        kv = [layer.cross_attention.key_value(memory, rotation) for layer in self.layers]
+        kv = [layer.cross_attention[0].key_value(memory, rotation) for layer in self.layers]
         return AudioMemory(kv, pooled)
 
     # --- decoding ------------------------------------------------------------------------------
@@ -211,8 +141,17 @@ class GuideTransformer(nn.Module):
         h = self.token_embedding(inputs) + self.level_embedding(positions % levels)  # (B, n, W)
         self_rotation = self.rotary(positions.float())
         cross_rotation = self.rotary((positions // levels).float() * KEYFRAME_INTERVAL)
-        for index, layer in enumerate(self.layers):
-            h = layer(h, memory.kv[index], memory.pooled, self_rotation, cross_rotation, cache, index)
+        for index, (layer, audio_kv) in enumerate(zip(self.layers, memory.kv)):
+            h = layer(
+                h,
+                [audio_kv],
+                memory.pooled,
+                self_rotation,
+                is_causal=True,
+                cross_rotation=cross_rotation,
+                cache=cache,
+                cache_layer=index,
+            )
         if cache is not None:
             cache.length += inputs.shape[1]
         return self.head(self.out_norm(h))

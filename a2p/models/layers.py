@@ -1,9 +1,10 @@
 """Building blocks shared by the a2p networks.
 
-Rotary position embeddings, multi-head attention through
-`torch.nn.functional.scaled_dot_product_attention` with keys and values that can be computed once
-and reused, FiLM modulation, the diffusion timestep embedding, pre-norm transformer layers with
-FiLM, and the causal dilated 1-D conv stack of the reference's body model.
+Rotary position embeddings and the time axis they share (motion frames), multi-head attention
+through `torch.nn.functional.scaled_dot_product_attention` with keys and values that can be
+computed once and reused, an autoregressive key/value cache, FiLM modulation, the diffusion
+timestep embedding, pre-norm transformer layers with FiLM, and the causal dilated 1-D conv stack
+of the reference's body model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from a2p.constants import FEATURE_RATE_HZ, FPS
 
 KeyValue = tuple[Tensor, Tensor]
 """Keys and values of one attention block, each (B, H, S, D_head)."""
@@ -51,6 +54,12 @@ class RotaryEmbedding(nn.Module):
         """The rotation for positions (S,), in any unit shared by queries and keys."""
         angles = positions.float()[:, None] * self.inv_freq  # (S, D_head / 2)
         return Rotation(angles.cos(), angles.sin())
+
+
+def audio_positions(length: int, device: torch.device) -> Tensor:
+    """Times (length,) of 100 Hz audio features in motion frames: the centres of their sample blocks."""
+    n = torch.arange(length, device=device, dtype=torch.float32)
+    return (n + 0.5) * (FPS / FEATURE_RATE_HZ) - 0.5
 
 
 class Attention(nn.Module):
@@ -116,6 +125,30 @@ class Attention(nn.Module):
             memory, memory_rotation = x, rotation
         k, v = self.key_value(memory, memory_rotation)
         return self.attend(self.query(x, rotation), k, v, mask=mask, is_causal=is_causal)
+
+
+class KVCache:
+    """Self-attention keys and values of the positions decoded so far, in buffers preallocated per layer."""
+
+    def __init__(self, layers: int, capacity: int) -> None:
+        self.keys: list[Tensor | None] = [None] * layers
+        self.values: list[Tensor | None] = [None] * layers
+        self.capacity = capacity
+        self.length = 0
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> KeyValue:
+        """Store k, v (B, H, n, D) after the cached positions; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"key/value cache holds {self.capacity} positions, asked for {end}")
+        if self.keys[layer] is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.keys[layer] = k.new_empty(shape)
+            self.values[layer] = v.new_empty(shape)
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class FiLM(nn.Module):
@@ -192,9 +225,10 @@ class FiLMDecoderLayer(nn.Module):
 
     Self-attention, then one cross-attention per memory, then the feed-forward block; each
     result is modulated by the conditioning vector and added to the residual stream (the
-    FiLMTransformerDecoderLayer of EDGE, Tseng et al. 2023, reused by Audio2Photoreal).
-    Memories arrive as precomputed keys and values (`cross_attention[i].key_value(...)`), so a
-    fixed condition is projected once, not at every call.
+    FiLMTransformerDecoderLayer of EDGE, Tseng et al. 2023, reused by Audio2Photoreal in its
+    denoisers and its guide transformer). Memories arrive as precomputed keys and values
+    (`cross_attention[i].key_value(...)`), so a fixed condition is projected once, not at every
+    call; an autoregressive decoder passes a `KVCache` for its own keys and values.
     """
 
     def __init__(
@@ -226,22 +260,38 @@ class FiLMDecoderLayer(nn.Module):
         cond: Tensor,
         rotation: Rotation | None = None,
         is_causal: bool = False,
+        *,
+        cross_rotation: Rotation | None = None,
+        cache: KVCache | None = None,
+        cache_layer: int = 0,
     ) -> Tensor:
         """x (B, T, D), memories [(k, v)] one per cross-attention, cond (B, C) -> (B, T, D).
 
-        Queries of the self- and cross-attentions are rotated by `rotation`; keys of a memory
-        carry whatever rotation they were computed with.
+        Queries and keys of the self-attention are rotated by `rotation`, queries of the
+        cross-attentions by `cross_rotation` (None: by `rotation`); keys of a memory carry
+        whatever rotation they were computed with. With a `cache`, x holds the positions after
+        the cached ones: their keys and values are appended to the cache's `cache_layer` entry
+        and the queries attend to all of them.
         """
         if len(memories) != len(self.cross_attention):
             raise ValueError(
                 f"layer has {len(self.cross_attention)} cross-attentions, got {len(memories)} memories"
             )
-        h = self.self_attention(self.norm_self(x), rotation=rotation, is_causal=is_causal)
+        h = self.norm_self(x)
+        q = self.self_attention.query(h, rotation)  # (B, H, T, D_head)
+        k, v = self.self_attention.key_value(h, rotation)
+        if cache is not None:
+            k, v = cache.append(cache_layer, k, v)
+        if 1 < q.shape[2] != k.shape[2]:
+            raise ValueError("with cached positions, decode one token at a time")
+        # One query over all keys before it: nothing to mask.
+        h = self.self_attention.attend(q, k, v, is_causal=is_causal and q.shape[2] > 1)
         x = x + self.film_self(self.dropout(h), cond)
+        cross_rotation = rotation if cross_rotation is None else cross_rotation
         for norm, attention, film, (k, v) in zip(
             self.norm_cross, self.cross_attention, self.film_cross, memories
         ):
-            h = attention.attend(attention.query(norm(x), rotation), k, v)
+            h = attention.attend(attention.query(norm(x), cross_rotation), k, v)
             x = x + film(self.dropout(h), cond)
         return x + self.film_ff(self.dropout(self.ff(self.norm_ff(x))), cond)
 

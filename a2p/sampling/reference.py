@@ -2,23 +2,34 @@
 
 facebookresearch/audio2photoreal, sample/generate.py: repetitions one after another, the audio
 featurized and the condition re-encoded inside every denoising step, the conditional and
-unconditional passes run separately.
+unconditional passes run separately; guide tokens (model/guide.py, `generate` calling `forward`)
+without a key/value cache, the audio featurized and encoded again for every token and every
+position so far recomputed.
+
+`featurize` (audio (B, S, 2) -> features (B, F, C)) and the models are called through, so a
+benchmark can pass timed stand-ins for them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from a2p.diffusion import guided_model, sample
 from a2p.models.denoiser import Denoiser
+from a2p.models.guide import Generators, GuideTransformer, draw_uniforms, sample_top_p
 from a2p.sampling.settings import repetition_generators, setting_schedule
+
+Featurize = Callable[[Tensor], Tensor]
+"""Audio (B, S, 2) -> features (B, F, C)."""
 
 
 @torch.no_grad()
 def sample_motion_reference(
     denoiser: Denoiser,
-    featurize,
+    featurize: Featurize,
     audio: Tensor,
     frames: int,
     *,
@@ -47,3 +58,32 @@ def sample_motion_reference(
             sample(model, schedule, shape, sampler=sequential, generator=[generator], device=device)
         )
     return torch.cat(outputs)
+
+
+@torch.no_grad()
+def generate_guide_reference(
+    guide: GuideTransformer,
+    featurize: Featurize,
+    audio: Tensor,
+    keyframes: int,
+    *,
+    top_p: float = 0.94,
+    temperature: float = 1.0,
+    generator: Generators = None,
+) -> Tensor:
+    """Codes (B, keyframes, levels) as the reference's `generate` made them from audio (B, S, 2).
+
+    For every token the audio is featurized and encoded again, then every position so far is
+    recomputed. The uniforms come from `generator` as in `GuideTransformer.generate`, so both
+    give the same tokens.
+    """
+    batch, levels, device = audio.shape[0], guide.config.levels, audio.device
+    count = keyframes * levels
+    uniforms = draw_uniforms(generator, batch, count, device)  # (B, count)
+    inputs = torch.full((batch, 1), guide.start_token, dtype=torch.long, device=device)
+    for step in range(count):
+        memory = guide.encode_audio(featurize(audio))
+        logits = guide.decode(inputs, 0, memory)[:, -1].float()  # (B, codes)
+        token = sample_top_p(logits, top_p, temperature, uniforms[:, step])
+        inputs = torch.cat((inputs, token[:, None]), dim=1)
+    return inputs[:, 1:].view(batch, keyframes, levels)
