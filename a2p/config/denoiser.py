@@ -23,6 +23,16 @@ DenoiserModel = Literal["face", "body"]
 DenoiserSize = Literal["paper", "debug"]
 """Named sizes of each model."""
 
+Positions = Literal["time", "reference"]
+"""How attention sees positions (see `a2p.models.denoiser`).
+
+`time`: a2p's scheme, rotary on per-head queries and keys after the projections, every sequence
+on one time axis in motion frames (audio at its block centres, keyframe k at frame 30 k), time
+tokens unrotated: scores depend on time offsets only. `reference`: the reference's scheme, rotary
+on the attention inputs over the full width (interleaved pairs) at the integer index of each
+sequence, the two time tokens after the audio tokens; needed to run its checkpoints.
+"""
+
 
 @dataclass
 class DenoiserConfig:
@@ -56,6 +66,14 @@ class DenoiserConfig:
     """Dropout after every conv of the head while training."""
     rotary_theta: float = 10_000.0
     """Base period of the rotary position embedding."""
+    positions: Positions = "time"
+    """Rotary scheme: a2p's time-aligned per-head rotary, or the reference's (`reference`)."""
+    null_audio_tokens: int = 1
+    """Learned null audio tokens for classifier-free guidance: 1 shared by every position (a2p,
+    any clip length), or one per position (the reference's 1998, sliced to the clip; a window then
+    holds at most that many audio features)."""
+    null_guide_tokens: int = 1
+    """Learned null guide keyframes: 1 shared, or one per keyframe position (the reference's 20)."""
 
     def __post_init__(self) -> None:
         for name in ("motion_dim", "audio_dim", "width", "layers", "heads", "ff_dim", "time_tokens"):
@@ -66,6 +84,10 @@ class DenoiserConfig:
                 f"denoiser.width ({self.width}) must split into {self.heads} heads of even width "
                 "(rotary embeddings rotate pairs of channels)"
             )
+        if self.positions not in ("time", "reference"):
+            raise ConfigError(f"denoiser.positions must be 'time' or 'reference', got {self.positions!r}")
+        if self.null_audio_tokens < 1 or self.null_guide_tokens < 1:
+            raise ConfigError("denoiser.null_audio_tokens and denoiser.null_guide_tokens must be positive")
         if self.audio_encoder_layers < 0 or self.guide_dim < 0:
             raise ConfigError("denoiser.audio_encoder_layers and denoiser.guide_dim must not be negative")
         if any(d < 1 for d in self.conv_head_dilations):

@@ -31,13 +31,14 @@ Model = Callable[[Tensor, Tensor], Tensor]
 
 
 def cfg_combine(cond: Tensor, uncond: Tensor, scale: float | Tensor) -> Tensor:
-    """uncond + scale * (cond - uncond) in float32; scale a number or one per row (B,).
+    """uncond + scale * (cond - uncond) in float32 (float64 for float64 inputs); scale a number or (B,).
 
     Ho & Salimans (2022), eq. 6 with scale = 1 + w, applied to x0 predictions.
     """
-    cond, uncond = cond.float(), uncond.float()
+    dtype = torch.float64 if cond.dtype == torch.float64 else torch.float32
+    cond, uncond = cond.to(dtype), uncond.to(dtype)
     if isinstance(scale, Tensor):
-        scale = scale.to(cond.device, torch.float32).view(-1, *([1] * (cond.ndim - 1)))
+        scale = scale.to(cond.device, dtype).view(-1, *([1] * (cond.ndim - 1)))
     return uncond + scale * (cond - uncond)
 
 

@@ -1,7 +1,7 @@
 """Samplers for an x0-predicting model: DDIM (with eta), ancestral, DPM-Solver++(2M).
 
 Each sampler is a table of per-step coefficients computed before the loop, on the schedule, in
-float64, then moved once to the sample's device in float32; the loop is then a fixed linear update
+float64, then moved once to the sample's device in float32 (float64 for a float64 x_T); the loop is then a fixed linear update
 
     x_{i+1} = c_x[i] * x_i + c_x0[i] * x0_i + c_prev[i] * x0_{i-1} + c_noise[i] * z_i,
 
@@ -58,11 +58,11 @@ class StepCoefficients:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def to(self, device: torch.device) -> StepCoefficients:
-        """These coefficients as float32 on `device`."""
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> StepCoefficients:
+        """These coefficients as `dtype` (float32) on `device`."""
 
         def move(value: Tensor | None) -> Tensor | None:
-            return None if value is None else value.to(device, torch.float32)
+            return None if value is None else value.to(device, dtype)
 
         return StepCoefficients(move(self.x), move(self.x0), move(self.x0_prev), move(self.noise))
 
@@ -147,30 +147,34 @@ def run_sampler(
     generator: Generators = None,
     on_step: StepHook | None = None,
 ) -> Tensor:
-    """Run the linear update of `coefficients` from x_T (B, ...) down the schedule; float32 x_0."""
+    """Run the linear update of `coefficients` from x_T (B, ...) down the schedule -> x_0.
+
+    The state is float32, or float64 when x_T is (equivalence tests against the reference).
+    """
     steps = len(coefficients)
     if steps != len(schedule):
         raise ValueError(f"{steps} coefficients for a schedule of {len(schedule)} steps")
     device = x_T.device
     batch = x_T.shape[0]
-    c = coefficients.to(device)
+    dtype = torch.float64 if x_T.dtype == torch.float64 else torch.float32
+    c = coefficients.to(device, dtype)
     timesteps = schedule.timesteps.flip(0).to(device)  # (N,) descending
     t_rows = timesteps[:, None].expand(steps, batch).contiguous()  # (N, B)
 
-    x = x_T.float()
+    x = x_T.to(dtype)
     x0_prev: Tensor | None = None
     for i in range(steps):
-        x0 = model(x, t_rows[i]).float()
+        x0 = model(x, t_rows[i]).to(dtype)
         update = c.x[i] * x + c.x0[i] * x0
         if c.x0_prev is not None and x0_prev is not None:
             update = update + c.x0_prev[i] * x0_prev
         if c.noise is not None and i < steps - 1:
-            update = update + c.noise[i] * randn(x.shape, generator, device)
+            update = update + c.noise[i] * randn(x.shape, generator, device).to(dtype)
         x = update
         if on_step is not None:
             replaced = on_step(x, i)
             if replaced is not None:
-                x = replaced.float()
+                x = replaced.to(dtype)
         x0_prev = x0
     return x
 

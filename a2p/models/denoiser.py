@@ -40,11 +40,12 @@ from torch import Tensor, nn
 from a2p.config.denoiser import DenoiserConfig
 from a2p.constants import KEYFRAME_INTERVAL
 from a2p.models.layers import (
+    AnyRotation,
     CausalDilatedConvStack,
     FiLMDecoderLayer,
+    InputRotary,
     KeyValue,
     RotaryEmbedding,
-    Rotation,
     TimestepEmbedding,
     TransformerEncoderLayer,
     audio_positions,
@@ -128,7 +129,11 @@ class Denoiser(nn.Module):
         width, heads = config.width, config.heads
         time_hidden = TIME_HIDDEN_MULT * width
 
-        self.rotary = RotaryEmbedding(width // heads, config.rotary_theta)
+        self.reference_positions = config.positions == "reference"
+        if self.reference_positions:
+            self.rotary: nn.Module = InputRotary(width, config.rotary_theta)
+        else:
+            self.rotary = RotaryEmbedding(width // heads, config.rotary_theta)
         self.motion_in = nn.Linear(config.motion_dim, width)
 
         self.time_embedding = TimestepEmbedding(width, time_hidden)
@@ -144,16 +149,16 @@ class Denoiser(nn.Module):
             nn.LayerNorm(width), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width)
         )
         self.memory_norm = nn.LayerNorm(width)
-        # One null token for every audio position (and one null keyframe), so the unconditional
-        # model works at any clip length; the reference stored 1998 positional null tokens.
-        self.null_audio = nn.Parameter(torch.randn(1, 1, width))
+        # a2p: one null token for every audio position (and one null keyframe), so the
+        # unconditional model works at any clip length; the reference: one per position.
+        self.null_audio = nn.Parameter(torch.randn(1, config.null_audio_tokens, width))
         self.null_pooled = nn.Parameter(torch.randn(1, width))
 
         self.has_guide = config.guide_dim > 0
         if self.has_guide:
             self.guide_in = nn.Linear(config.guide_dim, width)
             self.guide_norm = nn.LayerNorm(width)
-            self.null_guide = nn.Parameter(torch.randn(1, 1, width))
+            self.null_guide = nn.Parameter(torch.randn(1, config.null_guide_tokens, width))
 
         self.layers = nn.ModuleList(
             FiLMDecoderLayer(width, heads, config.ff_dim, config.dropout, cross_attentions=1 + self.has_guide)
@@ -199,12 +204,13 @@ class Denoiser(nn.Module):
         device = audio.device
 
         tokens = self.audio_in(audio)  # (B, T_audio, W)
-        rotation = self.rotary(audio_positions(length, device))
+        rotation = self._audio_rotation(length, device)
         for layer in self.audio_encoder:
             tokens = layer(tokens, rotation)
         pooled = self.audio_pool(tokens.mean(dim=1))  # (B, W)
         if keep_mask is not None:
-            tokens = torch.where(keep_mask[:, None, None], tokens, self.null_audio.to(tokens.dtype))
+            null = _null_tokens(self.null_audio, length, "audio features").to(tokens.dtype)
+            tokens = torch.where(keep_mask[:, None, None], tokens, null)
             pooled = torch.where(keep_mask[:, None], pooled, self.null_pooled.to(pooled.dtype))
         audio_kv = self._audio_kv(tokens, rotation)
 
@@ -215,9 +221,8 @@ class Denoiser(nn.Module):
             keyframes = self.guide_norm(self.guide_in(guide))  # (B, T // 30, W)
             guide_keep_mask = keep_mask if guide_keep_mask is None else guide_keep_mask
             if guide_keep_mask is not None:
-                keyframes = torch.where(
-                    guide_keep_mask[:, None, None], keyframes, self.null_guide.to(keyframes.dtype)
-                )
+                null = _null_tokens(self.null_guide, keyframes.shape[1], "keyframes").to(keyframes.dtype)
+                keyframes = torch.where(guide_keep_mask[:, None, None], keyframes, null)
             guide_kv = self._guide_kv(keyframes)
         return Condition(pooled, audio_kv, guide_kv)
 
@@ -226,13 +231,13 @@ class Denoiser(nn.Module):
     ) -> Condition:
         """The unconditional condition for `batch_size` rows of the given audio (and guide) length."""
         device = self.null_audio.device
-        tokens = self.null_audio.expand(1, audio_length, -1)
-        audio_kv = self._audio_kv(tokens, self.rotary(audio_positions(audio_length, device)))
+        tokens = _null_tokens(self.null_audio, audio_length, "audio features")
+        audio_kv = self._audio_kv(tokens, self._audio_rotation(audio_length, device))
         guide_kv = None
         if self.has_guide:
             if guide_length is None:
                 raise ValueError("the null condition of a guided model needs the guide length")
-            guide_kv = self._guide_kv(self.null_guide.expand(1, guide_length, -1))
+            guide_kv = self._guide_kv(_null_tokens(self.null_guide, guide_length, "keyframes"))
         null = Condition(self.null_pooled, audio_kv, guide_kv)
         return null.map(lambda x: x.expand(batch_size, *x.shape[1:]))
 
@@ -243,12 +248,31 @@ class Denoiser(nn.Module):
         null = self.null_condition(condition.batch_size, audio_length, guide_length)
         return Condition.cat([condition, null.map(lambda x: x.to(condition.pooled.dtype))])
 
-    def _audio_kv(self, tokens: Tensor, rotation: Rotation) -> tuple[KeyValue, ...]:
+    def _positions(self, length: int, device: torch.device, start: int = 0) -> Tensor:
+        """Integer positions start, ..., start + length - 1 (motion frames; the reference's every index)."""
+        return torch.arange(start, start + length, device=device, dtype=torch.float32)
+
+    def _audio_rotation(self, length: int, device: torch.device) -> AnyRotation:
+        if self.reference_positions:
+            return self.rotary(self._positions(length, device))
+        return self.rotary(audio_positions(length, device))
+
+    def _time_rotation(self, audio_length: int, device: torch.device) -> AnyRotation | None:
+        """The reference rotates the time tokens as the memory's last positions; a2p leaves them at no time."""
+        if self.reference_positions:
+            return self.rotary(self._positions(self.config.time_tokens, device, start=audio_length))
+        return None
+
+    def _audio_kv(self, tokens: Tensor, rotation: AnyRotation) -> tuple[KeyValue, ...]:
         memory = self.memory_norm(tokens)
         return tuple(layer.cross_attention[0].key_value(memory, rotation) for layer in self.layers)
 
     def _guide_kv(self, keyframes: Tensor) -> tuple[KeyValue, ...]:
-        rotation = self.rotary(guide_positions(keyframes.shape[1], keyframes.device))
+        length, device = keyframes.shape[1], keyframes.device
+        if self.reference_positions:
+            rotation = self.rotary(self._positions(length, device))
+        else:
+            rotation = self.rotary(guide_positions(length, device))
         return tuple(layer.cross_attention[1].key_value(keyframes, rotation) for layer in self.layers)
 
     def forward(self, x_t: Tensor, t: Tensor, condition: Condition | ConditionInputs) -> Tensor:
@@ -264,12 +288,14 @@ class Denoiser(nn.Module):
         time_tokens = self.memory_norm(
             self.time_to_tokens(time_hidden).view(batch, self.config.time_tokens, -1)
         )
-        rotation = self.rotary(torch.arange(length, device=x_t.device, dtype=torch.float32))
+        rotation = self.rotary(self._positions(length, x_t.device))
+        time_rotation = self._time_rotation(condition.audio_kv[0][0].shape[2], x_t.device)
 
         h = self.motion_in(x_t)  # (B, T, W)
         guide_kv = condition.guide_kv or (None,) * len(self.layers)
         for layer, (audio_k, audio_v), guide in zip(self.layers, condition.audio_kv, guide_kv):
-            time_k, time_v = layer.cross_attention[0].key_value(time_tokens)  # (B, H, time_tokens, W / H)
+            # (B, H, time_tokens, W / H)
+            time_k, time_v = layer.cross_attention[0].key_value(time_tokens, time_rotation)
             keys = torch.cat((audio_k, time_k.to(audio_k.dtype)), dim=2)
             values = torch.cat((audio_v, time_v.to(audio_v.dtype)), dim=2)
             memories = [(keys, values)]
@@ -281,6 +307,18 @@ class Denoiser(nn.Module):
         if self.conv_head is not None:
             x0 = self.conv_out(self.conv_head(x0.transpose(1, 2))).transpose(1, 2)
         return x0
+
+
+def _null_tokens(null: Tensor, length: int, what: str) -> Tensor:
+    """Null tokens (1, length, W): one shared token repeated, or the first `length` positional ones."""
+    if null.shape[1] == 1:
+        return null.expand(1, length, -1)
+    if length > null.shape[1]:
+        raise ValueError(
+            f"{length} {what} exceed the model's {null.shape[1]} positional null tokens "
+            "(sample long clips in windows of at most that length)"
+        )
+    return null[:, :length]
 
 
 def build_denoiser(config: DenoiserConfig) -> Denoiser:

@@ -36,6 +36,48 @@ class Rotation(NamedTuple):
         return rotated.to(x.dtype)
 
 
+class InputRotation(NamedTuple):
+    """The reference's rotary scheme: angles (S, W / 2) that rotate an attention block's *input*.
+
+    Channel pairs (2i, 2i + 1) of the full width W rotate by position * freq_i before the query
+    and key projections (values are projected from the unrotated input), as in the reference's
+    `rotary_embedding_torch` (after lucidrains). Unlike per-head rotation after the projections,
+    attention scores then do not depend on position offsets alone.
+    """
+
+    angles: Tensor
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Rotate channel pairs (2i, 2i + 1) of x (B, S, W)."""
+        angles = self.angles.to(x.dtype)
+        cos, sin = angles.cos(), angles.sin()
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+
+
+class InputRotary(nn.Module):
+    """The reference's rotary embedding (`positions: reference`): full width, interleaved, integer positions.
+
+    Frequencies are computed exactly as the reference's, 1 / theta^(2i / W) in float32, so the
+    angles at positions up to ~2000 agree to the last bit.
+    """
+
+    def __init__(self, width: int, theta: float = 10_000.0) -> None:
+        super().__init__()
+        if width % 2:
+            raise ValueError(f"rotary embeddings need an even width, got {width}")
+        freqs = 1.0 / (theta ** (torch.arange(0, width, 2)[: width // 2].float() / width))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, positions: Tensor) -> InputRotation:
+        """The rotation for positions (S,)."""
+        return InputRotation(positions.to(self.freqs.dtype)[:, None] * self.freqs)
+
+
+AnyRotation = Rotation | InputRotation
+"""Either rotary scheme; `Attention` applies each where it belongs."""
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al., RoFormer, 2021, eq. 34) on per-head queries and keys.
 
@@ -84,13 +126,21 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.heads, -1).transpose(1, 2)  # (B, H, S, D_head)
 
-    def query(self, x: Tensor, rotation: Rotation | None = None) -> Tensor:
+    def query(self, x: Tensor, rotation: AnyRotation | None = None) -> Tensor:
         """Per-head queries (B, H, T, D_head) of x (B, T, D), rotated when `rotation` is given."""
+        if isinstance(rotation, InputRotation):
+            return self._split_heads(self.to_q(rotation.apply(x)))
         q = self._split_heads(self.to_q(x))
         return rotation.apply(q) if rotation is not None else q
 
-    def key_value(self, memory: Tensor, rotation: Rotation | None = None) -> KeyValue:
+    def key_value(self, memory: Tensor, rotation: AnyRotation | None = None) -> KeyValue:
         """Per-head keys (rotated when `rotation` is given) and values of memory (B, S, D_memory)."""
+        if isinstance(rotation, InputRotation):
+            # Keys from the rotated memory, values from the memory itself.
+            w_k, w_v = self.to_kv.weight.chunk(2)
+            b_k, b_v = self.to_kv.bias.chunk(2)
+            k = F.linear(rotation.apply(memory), w_k, b_k)
+            return self._split_heads(k), self._split_heads(F.linear(memory, w_v, b_v))
         k, v = self.to_kv(memory).chunk(2, dim=-1)
         k, v = self._split_heads(k), self._split_heads(v)
         return (rotation.apply(k) if rotation is not None else k), v
@@ -115,8 +165,8 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         memory: Tensor | None = None,
-        rotation: Rotation | None = None,
-        memory_rotation: Rotation | None = None,
+        rotation: AnyRotation | None = None,
+        memory_rotation: AnyRotation | None = None,
         mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
@@ -164,17 +214,19 @@ class FiLM(nn.Module):
         return x * (1 + scale) + shift
 
 
-def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sines and cosines of t (B,) at `dim / 2` geometric frequencies -> (B, dim), float32.
+def sinusoidal_embedding(
+    t: Tensor, dim: int, max_period: float = 10_000.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Sines and cosines of t (B,) at `dim / 2` geometric frequencies -> (B, dim) in `dtype`.
 
     The transformer position code of Vaswani et al. (2017), applied to diffusion timesteps as in
-    DDPM (Ho et al., 2020); frequencies run from 1 to 1 / max_period.
+    DDPM (Ho et al., 2020); frequencies run from 1 to 1 / max_period, computed in float32 exactly
+    as the reference computes them (the angles at t ~ 1000 then agree to the last bit).
     """
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
-    )
-    angles = t.float()[:, None] * freqs  # (B, dim / 2)
+    step = math.log(max_period) / max(half - 1, 1)
+    freqs = torch.exp(torch.arange(half, device=t.device) * -step)  # float32
+    angles = t.to(dtype)[:, None] * freqs.to(dtype)  # (B, dim / 2)
     return torch.cat((angles.sin(), angles.cos()), dim=-1)
 
 
@@ -187,7 +239,9 @@ class TimestepEmbedding(nn.Module):
         self.proj = nn.Sequential(nn.Linear(dim, hidden_dim), nn.Mish())
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.proj(sinusoidal_embedding(t, self.dim))
+        # float64 weights get float64 angles; anything else float32 (autocast casts for the matmul)
+        dtype = torch.float64 if self.proj[0].weight.dtype == torch.float64 else torch.float32
+        return self.proj(sinusoidal_embedding(t, self.dim, dtype=dtype))
 
 
 class FeedForward(nn.Module):
@@ -214,7 +268,7 @@ class TransformerEncoderLayer(nn.Module):
         self.ff = FeedForward(dim, ff_dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, rotation: Rotation | None = None, is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, rotation: AnyRotation | None = None, is_causal: bool = False) -> Tensor:
         """x (B, S, D) -> (B, S, D)."""
         x = x + self.dropout(self.attn(self.norm_attn(x), rotation=rotation, is_causal=is_causal))
         return x + self.dropout(self.ff(self.norm_ff(x)))
@@ -258,10 +312,10 @@ class FiLMDecoderLayer(nn.Module):
         x: Tensor,
         memories: Sequence[KeyValue],
         cond: Tensor,
-        rotation: Rotation | None = None,
+        rotation: AnyRotation | None = None,
         is_causal: bool = False,
         *,
-        cross_rotation: Rotation | None = None,
+        cross_rotation: AnyRotation | None = None,
         cache: KVCache | None = None,
         cache_layer: int = 0,
     ) -> Tensor:
