@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 from a2p.config.audio import FEATURE_DIMS
+from a2p.config.denoiser import Positions
 from a2p.errors import ConfigError
 
 
@@ -51,6 +53,18 @@ class GuideConfig:
     """Label smoothing of the training cross-entropy."""
     rotary_theta: float = 10_000.0
     """Base period of the rotary embeddings (token index in self-attention, time in cross-attention)."""
+    positions: Positions = "time"
+    """Rotary scheme (as the denoiser's): a2p's per-head rotary with cross-attention on the motion
+    time axis, or the reference's input rotation at token and audio indices (`reference`)."""
+    audio_padding: Literal["same", "valid"] = "same"
+    """`same`: zero-padded convs keep the audio length and stay centred (a2p); `valid`: unpadded,
+    as the reference's, 48 features shorter after the 12 convs of `paper`."""
+    level_embedding: bool = True
+    """Add an embedding of the VQ level each input predicts (a2p's; the reference has none)."""
+    out_norm: bool = True
+    """A LayerNorm before the output head (a2p's; the reference has none)."""
+    null_audio_tokens: int = 1
+    """Learned null audio tokens: 1 shared by all positions (a2p), or the reference's 1998 positional ones."""
 
     def __post_init__(self) -> None:
         for name in ("codes", "levels", "audio_dim", "width", "layers", "heads", "ff_dim", "audio_width"):
@@ -60,8 +74,17 @@ class GuideConfig:
             raise ConfigError(f"guide.width ({self.width}) must split into {self.heads} heads of even width")
         if min(self.audio_dilations, default=1) < 1:
             raise ConfigError(f"guide.audio_dilations must be positive, got {list(self.audio_dilations)}")
-        if self.audio_kernel_size < 1 or self.audio_kernel_size % 2 == 0:
-            raise ConfigError(f"guide.audio_kernel_size must be odd, got {self.audio_kernel_size}")
+        if self.audio_kernel_size < 1 or (self.audio_padding == "same" and self.audio_kernel_size % 2 == 0):
+            raise ConfigError(
+                f"guide.audio_kernel_size must be odd with same padding, got {self.audio_kernel_size}"
+            )
+        if self.positions not in ("time", "reference") or self.audio_padding not in ("same", "valid"):
+            raise ConfigError(
+                f"guide.positions must be 'time' or 'reference' and guide.audio_padding 'same' or 'valid', "
+                f"got {self.positions!r}, {self.audio_padding!r}"
+            )
+        if self.null_audio_tokens < 1:
+            raise ConfigError(f"guide.null_audio_tokens must be positive, got {self.null_audio_tokens}")
         for name in ("dropout", "audio_dropout", "cond_drop_prob", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"guide.{name} must lie in [0, 1), got {getattr(self, name)}")

@@ -19,6 +19,12 @@ keys then make every attention score depend on the time offset between a motion 
 audio token or keyframe. Time-token keys are not rotated: they sit at no time, and a frame's
 score for them varies with the frame's own position (the reference rotated them too).
 
+`positions: reference` with positional null tokens (`null_audio_tokens=1998`,
+`null_guide_tokens=20`) is instead the reference's own scheme, the released checkpoints'
+architecture: inputs rotated before the projections over the full width (interleaved pairs) at
+integer indices, motion 0..T-1, audio 0..F-1 with the two time tokens at F and F+1, keyframes
+0..K-1 (tested against the reference's FiLMTransformer in tests/test_reference_denoiser.py).
+
 Conditioning is split from denoising: `encode_condition` turns a clip's audio features (and
 guide poses) into a `Condition` - the pooled FiLM vector and the projected keys/values of every
 cross-attention layer - once per clip; `forward(x_t, t, condition)` then only runs what depends

@@ -17,6 +17,11 @@ axis the denoiser uses (motion frames): the query of token i sits at keyframe i 
 (i // L) * KEYFRAME_INTERVAL, and audio feature n at the centre of its sample block, so scores
 depend on how far a keyframe is from each piece of audio.
 
+The reference's own guide (`positions: reference`, `audio_padding: valid`, no level embedding,
+no output norm, 1998 positional null tokens; the released checkpoint's architecture): inputs are
+rotated before the projections at integer indices (tokens 0..N, audio features 0..F'), and its
+unpadded convs leave F - 48 audio tokens, each centred 24 features after its first input.
+
 Sampling. `generate` encodes the audio once per call, then samples token by token with nucleus
 (top-p) sampling and a key/value cache (each new token costs one position's compute). The uniform
 numbers the sampler inverts are drawn up front from the caller's generator (one per row, or one
@@ -33,7 +38,15 @@ from torch import Tensor, nn
 
 from a2p.config.guide import GuideConfig
 from a2p.constants import KEYFRAME_INTERVAL
-from a2p.models.layers import FiLMDecoderLayer, KeyValue, KVCache, RotaryEmbedding, audio_positions
+from a2p.models.layers import (
+    AnyRotation,
+    FiLMDecoderLayer,
+    InputRotary,
+    KeyValue,
+    KVCache,
+    RotaryEmbedding,
+    audio_positions,
+)
 
 Generators = torch.Generator | list[torch.Generator] | None
 """One generator for the batch, one per row, or None for the default generator."""
@@ -45,11 +58,18 @@ NEGATIVE_SLOPE = 0.2
 class AudioConvStack(nn.Module):
     """Features (B, F, C) -> (B, F, W): dilated convs with leaky ReLU and dropout, then a 1x1 conv.
 
-    Convs are zero-padded to keep the length, so output n stays centred on feature n.
+    With `pad`, convs are zero-padded to keep the length, so output n stays centred on feature n;
+    without (the reference's), the output is sum(d * (kernel_size - 1)) features shorter.
     """
 
     def __init__(
-        self, in_dim: int, width: int, dilations: tuple[int, ...], kernel_size: int, dropout: float
+        self,
+        in_dim: int,
+        width: int,
+        dilations: tuple[int, ...],
+        kernel_size: int,
+        dropout: float,
+        pad: bool = True,
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
@@ -58,7 +78,7 @@ class AudioConvStack(nn.Module):
                 width,
                 kernel_size,
                 dilation=d,
-                padding=d * (kernel_size - 1) // 2,
+                padding=d * (kernel_size - 1) // 2 if pad else 0,
             )
             for i, d in enumerate(dilations)
         )
@@ -90,23 +110,34 @@ class GuideTransformer(nn.Module):
         self.config = c = config
         self.start_token = c.codes
         self.token_embedding = nn.Embedding(c.codes + 1, c.width)
-        self.level_embedding = nn.Embedding(c.levels, c.width)
-        self.rotary = RotaryEmbedding(c.width // c.heads, c.rotary_theta)
+        self.level_embedding = nn.Embedding(c.levels, c.width) if c.level_embedding else None
+        self.reference_positions = c.positions == "reference"
+        if self.reference_positions:
+            self.rotary: nn.Module = InputRotary(c.width, c.rotary_theta)
+        else:
+            self.rotary = RotaryEmbedding(c.width // c.heads, c.rotary_theta)
         self.audio_convs = AudioConvStack(
-            c.audio_dim, c.audio_width, c.audio_dilations, c.audio_kernel_size, c.audio_dropout
+            c.audio_dim,
+            c.audio_width,
+            c.audio_dilations,
+            c.audio_kernel_size,
+            c.audio_dropout,
+            pad=c.audio_padding == "same",
         )
         self.audio_in = nn.Linear(c.audio_width, c.width)
         self.audio_norm = nn.LayerNorm(c.width)
         self.pool_mlp = nn.Sequential(
             nn.LayerNorm(c.width), nn.Linear(c.width, c.width), nn.SiLU(), nn.Linear(c.width, c.width)
         )
-        self.null_audio = nn.Parameter(0.02 * torch.randn(c.width))
+        # a2p: one null token (W,) for every position; the reference: one per position (1, N, W)
+        null_shape = (c.width,) if c.null_audio_tokens == 1 else (1, c.null_audio_tokens, c.width)
+        self.null_audio = nn.Parameter(0.02 * torch.randn(null_shape))
         self.null_pooled = nn.Parameter(0.02 * torch.randn(c.width))
         self.layers = nn.ModuleList(
             FiLMDecoderLayer(c.width, c.heads, c.ff_dim, c.dropout, cross_attentions=1)
             for _ in range(c.layers)
         )
-        self.out_norm = nn.LayerNorm(c.width)
+        self.out_norm = nn.LayerNorm(c.width) if c.out_norm else nn.Identity()
         self.head = nn.Linear(c.width, c.codes)
 
     # --- conditioning --------------------------------------------------------------------------
@@ -125,22 +156,46 @@ class GuideTransformer(nn.Module):
         pooled = self.pool_mlp(tokens.mean(dim=1))  # (B, W)
         if keep_mask is not None:
             keep = keep_mask.to(tokens.device)
-            tokens = torch.where(keep[:, None, None], tokens, self.null_audio.to(tokens.dtype))
+            tokens = torch.where(
+                keep[:, None, None], tokens, self._null_audio(tokens.shape[1]).to(tokens.dtype)
+            )
             pooled = torch.where(keep[:, None], pooled, self.null_pooled.to(pooled.dtype))
         memory = self.audio_norm(tokens)
-        rotation = self.rotary(audio_positions(memory.shape[1], memory.device))
+        length, device = memory.shape[1], memory.device
+        if self.reference_positions:
+            rotation = self.rotary(torch.arange(length, device=device, dtype=torch.float32))
+        else:
+            rotation = self.rotary(audio_positions(length, device))
         kv = [layer.cross_attention[0].key_value(memory, rotation) for layer in self.layers]
         return AudioMemory(kv, pooled)
 
+    def _null_audio(self, length: int) -> Tensor:
+        """The null audio tokens of `length` positions (the shared one broadcasts)."""
+        if self.null_audio.ndim == 1:
+            return self.null_audio
+        if length > self.null_audio.shape[1]:
+            raise ValueError(
+                f"{length} audio tokens exceed the guide's {self.null_audio.shape[1]} positional null tokens"
+            )
+        return self.null_audio[:, :length]
+
     # --- decoding ------------------------------------------------------------------------------
+
+    def _rotations(self, positions: Tensor) -> tuple[AnyRotation, AnyRotation]:
+        """(self-attention, cross-attention query) rotations of the inputs at `positions`."""
+        if self.reference_positions:  # both at the token index
+            rotation = self.rotary(positions.float())
+            return rotation, rotation
+        levels = self.config.levels
+        return self.rotary(positions.float()), self.rotary((positions // levels).float() * KEYFRAME_INTERVAL)
 
     def decode(self, inputs: Tensor, start: int, memory: AudioMemory, cache: KVCache | None = None) -> Tensor:
         """Logits (B, n, codes) after input tokens (B, n) at positions start .. start + n - 1."""
-        levels = self.config.levels
         positions = torch.arange(start, start + inputs.shape[1], device=inputs.device)
-        h = self.token_embedding(inputs) + self.level_embedding(positions % levels)  # (B, n, W)
-        self_rotation = self.rotary(positions.float())
-        cross_rotation = self.rotary((positions // levels).float() * KEYFRAME_INTERVAL)
+        h = self.token_embedding(inputs)  # (B, n, W)
+        if self.level_embedding is not None:
+            h = h + self.level_embedding(positions % self.config.levels)
+        self_rotation, cross_rotation = self._rotations(positions)
         for index, (layer, audio_kv) in enumerate(zip(self.layers, memory.kv)):
             h = layer(
                 h,

@@ -18,7 +18,7 @@ from a2p.models.keymap import KeyMap, rename, split_attention
 AUDIO_PREFIXES = ("audio_model.", "audio_resampler.", "lip_model.")
 """Tensors of the frozen audio front end inside a released diffusion (or guide) checkpoint."""
 
-_DECODER_PARTS = (
+DECODER_LAYER_PARTS = (
     (r"self_attn\.(.*)", r"self_attention.\1"),
     (r"multihead_attn\.(.*)", r"cross_attention.0.\1"),
     (r"multihead_attn2\.(.*)", r"cross_attention.1.\1"),
@@ -35,7 +35,7 @@ _DECODER_PARTS = (
 )
 """One `FiLMTransformerDecoderLayer` (reference) as a `FiLMDecoderLayer` (a2p)."""
 
-_ENCODER_PARTS = (
+ENCODER_LAYER_PARTS = (
     (r"self_attn\.(.*)", r"attn.\1"),
     (r"norm1\.(.*)", r"norm_attn.\1"),
     (r"norm2\.(.*)", r"norm_ff.\1"),
@@ -45,7 +45,7 @@ _ENCODER_PARTS = (
 """One `TransformerEncoderLayerRotary` (reference) as a `TransformerEncoderLayer` (a2p)."""
 
 
-def _within(prefix: str, target: str, parts: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def numbered(prefix: str, target: str, parts: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """Rules for numbered sub-modules `prefix.i.<part>` -> `target.i.<renamed part>`."""
     return tuple(
         (rf"{prefix}\.(\d+)\.{pattern}", rf"{target}.\1." + template.replace("\\1", "\\2"))
@@ -70,8 +70,8 @@ DENOISER_KEYMAP = KeyMap(
         (r"final_layer\.(.*)", r"motion_out.\1"),
         (r"post_pose_layers\.(\d+)\.(.*)", r"conv_head.convs.\1.\2"),
         (r"final_conv\.(.*)", r"conv_out.\1"),
-        *_within(r"cond_encoder", "audio_encoder", _ENCODER_PARTS),
-        *_within(r"seqTransDecoder\.stack", "layers", _DECODER_PARTS),
+        *numbered(r"cond_encoder", "audio_encoder", ENCODER_LAYER_PARTS),
+        *numbered(r"seqTransDecoder\.stack", "layers", DECODER_LAYER_PARTS),
     ),
     unused=(r"(.*\.)?rotary\.freqs",),
 )
