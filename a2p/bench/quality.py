@@ -27,7 +27,7 @@ from a2p.bench.timing import timed_call
 from a2p.evaluation.run import PARTS, REPORTED, evaluate
 from a2p.inference.clips import split_clips
 from a2p.inference.job import RunSettings, run
-from a2p.inference.pipeline import Models
+from a2p.inference.pipeline import Pipeline
 from a2p.sampling import SamplerSetting
 
 DEFAULT_SETTINGS = ("ddim500", "ddim100", "ddim50", "dpmpp25", "dpmpp20")
@@ -68,12 +68,19 @@ def verdict(outcome: Outcome, reference: Outcome, tolerance: float) -> list[str]
 
 
 def sample_setting(
-    models: Models, data: str, split: str, setting: str, reps: int, seed: int, device: torch.device, out: Path
+    pipeline: Pipeline,
+    data: str,
+    split: str,
+    setting: str,
+    reps: int,
+    seed: int,
+    device: torch.device,
+    out: Path,
 ) -> Outcome:
     name, bf16 = parse(setting)
     settings = RunSettings(reps=reps, setting=name, seed=seed, bf16=bf16)
     summary, seconds = timed_call(
-        lambda: run(split_clips(data, split), models, out, settings, rank=0, world_size=1, device=device),
+        lambda: run(split_clips(data, split), pipeline, out, settings, rank=0, world_size=1, device=device),
         device,
     )
     clips = len(summary.assembled)
@@ -135,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    models = Models.load(args.face, args.body, args.guide, args.vq, device)
+    pipeline = Pipeline.from_exports(
+        face=args.face, body=args.body, guide=args.guide, vq=args.vq, device=device
+    )
     root = args.keep or Path(tempfile.mkdtemp(prefix="a2p_quality_"))
     outcomes = []
     try:
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             if out.exists():
                 shutil.rmtree(out)  # timings are only honest for fresh samples
             outcome = sample_setting(
-                models, args.data, args.split, setting, args.reps, args.seed, device, out
+                pipeline, args.data, args.split, setting, args.reps, args.seed, device, out
             )
             if outcomes:
                 outcome.failures = verdict(outcome, outcomes[0], args.tolerance)

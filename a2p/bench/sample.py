@@ -4,7 +4,7 @@ One clip of `--seconds` (8) of stereo 48 kHz audio, `--reps` (3) repetitions, gu
 and 2 (body), per sampler setting (`ddim500`, the paper's, and `dpmpp25`), with random weights of
 the `--preset` sizes (weights change no cost):
 
-- a2p: `a2p.inference.pipeline.sample_clip`, what `a2p sample` runs: audio featurized once; guide
+- a2p: `a2p.inference.Pipeline.sample`, what `a2p sample` runs: audio featurized once; guide
   tokens of all repetitions in one batch with the key/value cache; VQ decode; body and face
   diffusion with the condition encoded once per clip and each step ONE forward of reps x 2 rows
   (conditional, unconditional). `--dtype` and `--compile` apply to this path.
@@ -56,7 +56,7 @@ from a2p.config.guide import guide_preset
 from a2p.config.vq import vq_preset
 from a2p.constants import FPS, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
 from a2p.errors import ConfigError
-from a2p.inference.pipeline import DEFAULT_GUIDANCE, GUIDE_TOP_P, Models, sample_clip
+from a2p.inference.pipeline import DEFAULT_GUIDANCE, GUIDE_TOP_P, Models, Pipeline
 from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import build_denoiser
 from a2p.models.export import Exported
@@ -121,18 +121,11 @@ def timed_models(models: Models, stopwatch: Stopwatch) -> Models:
 def time_a2p(
     models: Models, featurizer: torch.nn.Module, audio: np.ndarray, setup: Setup, setting: str, seed: int
 ) -> dict[str, float]:
-    """Seconds per label of `sample_clip` on one clip, under the a2p path's autocast."""
+    """Seconds per label of `Pipeline.sample` on one clip, under the a2p path's autocast."""
     stopwatch = Stopwatch(setup.device)
+    pipeline = Pipeline(timed_models(models, stopwatch), featurizer, setup.device)
     with stopwatch.lap(WALL), setup.autocast():
-        sample_clip(
-            timed_models(models, stopwatch),
-            featurizer,
-            audio,
-            reps=setup.reps,
-            setting=setting,
-            seed=seed,
-            device=setup.device,
-        )
+        pipeline.sample(audio, reps=setup.reps, setting=setting, seed=seed)
     return stopwatch.seconds()
 
 

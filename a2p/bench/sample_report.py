@@ -112,7 +112,7 @@ def render(rows: list[Row], setup: Setup, header: list[str]) -> str:
     out = [
         *header,
         "",
-        "  a2p:       sample_clip (what `a2p sample` runs): audio featurized once; guide tokens of all reps in",
+        "  a2p:       Pipeline.sample (what `a2p sample` runs): audio featurized once; guide tokens of all reps in",
         "             one batch with the KV cache; VQ decode; body and face: condition encoded once, then",
         f"             each step ONE forward of {reps} reps x 2 = {2 * reps} rows (conditional, unconditional)",
         "  reference: reps in turn; guide tokens of batch 1 without a KV cache, the audio featurized and",

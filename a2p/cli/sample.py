@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from a2p.errors import A2PError
     from a2p.inference.clips import file_clips, split_clips
     from a2p.inference.job import Collectives, RunSettings, run
-    from a2p.inference.pipeline import Models, Windowing
+    from a2p.inference.pipeline import Pipeline, Windowing
     from a2p.sampling import DEFAULT_SETTING, DEFAULT_SETTING_REASON, SamplerSetting
     from a2p.sampling.windows import WindowPlan
 
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     clips = split_clips(args.data, args.split) if args.data else file_clips(args.audio)
-    models = Models.load(args.face, args.body, args.guide, args.vq, device)
+    pipeline = Pipeline.from_exports(
+        face=args.face, body=args.body, guide=args.guide, vq=args.vq, device=device
+    )
     settings = RunSettings(
         reps=args.reps, setting=args.sampler, seed=args.seed, shard=args.shard,
         windowing=Windowing(args.window, args.overlap, args.window_batch),
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         summary = run(
-            clips, models, args.out, settings, rank=info.rank, world_size=info.world_size, device=device,
+            clips, pipeline, args.out, settings, rank=info.rank, world_size=info.world_size, device=device,
             collectives=collectives, progress=info.is_main,
         )  # fmt: skip
     finally:

@@ -28,10 +28,9 @@ from a2p.inference.pipeline import (
     DEFAULT_GUIDANCE,
     PARTS,
     Models,
+    Pipeline,
     Sharing,
     Windowing,
-    prepare_clip,
-    sample_clip,
     sample_part,
 )
 from a2p.inference.writers import write_clip, write_npz_atomic
@@ -127,7 +126,7 @@ def part_path(out_dir: Path, clip: str, part: str, rep: int) -> Path:
 
 def run(
     clips: Iterable[Clip],
-    models: Models,
+    pipeline: Pipeline,
     out_dir: Path,
     settings: RunSettings,
     *,
@@ -140,18 +139,18 @@ def run(
     """Sample this rank's share of `clips` into out_dir (see the module doc), then assemble outputs."""
     from tqdm import tqdm
 
-    from a2p.models.audio import build_featurizer
-
     if settings.shard not in SHARD_MODES:
         raise A2PError(f"unknown shard mode {settings.shard!r}: choose from {', '.join(SHARD_MODES)}")
     collectives = collectives or Collectives()
     out_dir.mkdir(parents=True, exist_ok=True)
+    models = pipeline.models
     check_run_record(out_dir, run_record(models, settings), write=rank == 0)
-    featurizer = build_featurizer(models.featurizer).to(device)
+    if pipeline.windowing != settings.windowing:
+        pipeline = Pipeline(models, pipeline.featurizer, device, settings.windowing)
     summary = Summary()
     names: list[str] = []
     sources: dict[str, str] = {}
-    job = _Job(models, featurizer, out_dir, settings, rank, world_size, device, collectives, summary)
+    job = _Job(models, pipeline, out_dir, settings, rank, world_size, device, collectives, summary)
     bar = tqdm(clips, desc="clips", disable=not progress, unit="clip")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     for index, clip in enumerate(bar):
@@ -176,7 +175,7 @@ class _Job:
     """One rank's part of a run: what every clip needs."""
 
     models: Models
-    featurizer: torch.nn.Module
+    pipeline: Pipeline
     out_dir: Path
     settings: RunSettings
     rank: int
@@ -209,7 +208,7 @@ def _run_clip_items(job: _Job, clip: Clip, index: int) -> None:
     if audio is None:
         return
     seed = clip_seed(settings.seed, clip.name)
-    prepared = prepare_clip(job.featurizer, audio, settings.windowing, job.device)  # once for both parts
+    prepared = job.pipeline.prepare(audio)  # once for both parts
     for part, reps in todo.items():
         arrays = sample_part(
             job.models, prepared, part, reps, setting=settings.setting, seed=seed, device=job.device,
@@ -233,10 +232,10 @@ def _run_clip_windows(job: _Job, clip: Clip) -> None:
     if audio is None:  # every rank reads the same file and fails the same way
         return
     all_reduce = job.collectives.all_reduce if job.world_size > 1 else None
-    arrays = sample_clip(
-        job.models, job.featurizer, audio, reps=settings.reps, setting=settings.setting,
-        seed=clip_seed(settings.seed, clip.name), device=job.device, windowing=settings.windowing,
-        sharing=Sharing(job.rank, job.world_size, all_reduce), guidance=settings.guidance,
+    arrays = job.pipeline.sample(
+        audio, reps=settings.reps, setting=settings.setting, seed=clip_seed(settings.seed, clip.name),
+        face_guidance=settings.guidance["face"], body_guidance=settings.guidance["body"],
+        sharing=Sharing(job.rank, job.world_size, all_reduce),
     )  # fmt: skip
     if job.rank == 0:
         _write_outputs(job.out_dir, clip.name, clip.source, arrays, audio, job.models, settings)

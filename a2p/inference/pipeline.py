@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,12 +67,22 @@ class Models:
         return self.face.config.get("featurizer", "mel")
 
 
-def _denormalize(x: np.ndarray, stats: dict | None, key: str) -> np.ndarray:
+def _moments(stats: dict | None, key: str) -> tuple[np.ndarray, np.ndarray] | None:
     if not stats:
-        return x
+        return None
     mean = np.asarray(stats[f"{key}_mean"], dtype=np.float32)
     std = np.asarray(stats[f"{key}_std"], dtype=np.float32)
-    return x * np.where(std < 1e-6, 1.0, std) + mean
+    return mean, np.where(std < 1e-6, 1.0, std)
+
+
+def _denormalize(x: np.ndarray, stats: dict | None, key: str) -> np.ndarray:
+    moments = _moments(stats, key)
+    return x if moments is None else x * moments[1] + moments[0]
+
+
+def _normalize(x: np.ndarray, stats: dict | None, key: str) -> np.ndarray:
+    moments = _moments(stats, key)
+    return x if moments is None else (x - moments[0]) / moments[1]
 
 
 @dataclass(frozen=True)
@@ -136,11 +147,15 @@ def sample_part(
     windowing: Windowing = Windowing(),
     sharing: Sharing = Sharing(),
     guidance: float | None = None,
+    noise: torch.Tensor | None = None,
+    keyframes: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """One part ("face" or "body", with its keyframes) of the repetitions `reps` of one clip.
 
     Every repetition's guide tokens and noise come from generators seeded by (seed, repetition),
-    so a repetition's result does not depend on which others share its batch.
+    so a repetition's result does not depend on which others share its batch. `noise`
+    (len(reps), clip.length, D) replaces x_T; `keyframes` (len(reps), K, 104), normalized as the
+    body, replaces the guide's (the reference's evaluation with ground-truth guide poses).
     """
     frames, features = clip.frames, clip.features
     window_args = {"plan": clip.plan, "window_batch": windowing.batch, **vars(sharing)}
@@ -148,49 +163,162 @@ def sample_part(
     if part == "face":
         face = sample_motion(
             models.face.model, features, clip.length, reps=len(reps), setting=setting,
-            guidance=scale, generators=repetition_generators(seed + 1, reps, device), **window_args,
+            guidance=scale, generators=repetition_generators(seed + 1, reps, device), noise=noise,
+            **window_args,
         )  # fmt: skip
         return {"face": _denormalize(face[:, :frames].float().cpu().numpy(), models.face.stats, "face")}
-    token_generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in reps]
-    rows = features.expand(len(reps), *features.shape[1:])
-    keyframes = math.ceil(frames / KEYFRAME_INTERVAL)
-    if clip.plan is None:
-        codes = models.guide.model.generate(rows, keyframes, top_p=GUIDE_TOP_P, generator=token_generators)
+    count = math.ceil(frames / KEYFRAME_INTERVAL)
+    if keyframes is not None:
+        guide = keyframes.to(device)
     else:
-        codes = generate_keyframe_codes(
-            models.guide.model, rows, clip.plan, top_p=GUIDE_TOP_P, generator=token_generators
-        )
-    guide = models.vq.model.decode_codes(codes)  # (reps, K, 104), normalized like the body
+        guide = _guide_keyframes(models, features, clip, reps, seed, device)  # (reps, K, 104) normalized
     body = sample_motion(
         models.body.model, features, clip.length, guide=guide, reps=len(reps), setting=setting,
-        guidance=scale, generators=repetition_generators(seed, reps, device), **window_args,
+        guidance=scale, generators=repetition_generators(seed, reps, device), noise=noise, **window_args,
     )  # fmt: skip
     stats = models.body.stats
     return {
         "body": _denormalize(body[:, :frames].float().cpu().numpy(), stats, "body"),
-        "keyframes": _denormalize(guide[:, :keyframes].float().cpu().numpy(), stats, "body"),
+        "keyframes": _denormalize(guide[:, :count].float().cpu().numpy(), stats, "body"),
     }
 
 
-def sample_clip(
+def _guide_keyframes(
     models: Models,
-    featurizer: torch.nn.Module,
-    audio: np.ndarray,
-    *,
-    reps: int,
-    setting: str,
+    features: torch.Tensor,
+    clip: PreparedClip,
+    reps: list[int],
     seed: int,
     device: torch.device,
-    windowing: Windowing = Windowing(),
-    sharing: Sharing = Sharing(),
-    guidance: dict[str, float] | None = None,
-) -> dict[str, np.ndarray]:
-    """Face (reps, T, 256), body (reps, T, 104) and keyframes (reps, K, 104) of one clip."""
-    clip = prepare_clip(featurizer, audio, windowing, device)  # once for both parts
-    arrays: dict[str, np.ndarray] = {}
-    for part in PARTS:
-        arrays |= sample_part(
-            models, clip, part, list(range(reps)), setting=setting, seed=seed, device=device,
-            windowing=windowing, sharing=sharing, guidance=(guidance or DEFAULT_GUIDANCE)[part],
-        )  # fmt: skip
-    return arrays
+) -> torch.Tensor:
+    """Keyframe poses (reps, K, 104) from the guide's tokens, decoded by the VQ; normalized as the body."""
+    token_generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in reps]
+    rows = features.expand(len(reps), *features.shape[1:])
+    if clip.plan is None:
+        count = math.ceil(clip.frames / KEYFRAME_INTERVAL)
+        codes = models.guide.model.generate(rows, count, top_p=GUIDE_TOP_P, generator=token_generators)
+    else:
+        codes = generate_keyframe_codes(
+            models.guide.model, rows, clip.plan, top_p=GUIDE_TOP_P, generator=token_generators
+        )
+    return models.vq.model.decode_codes(codes)
+
+
+class Pipeline:
+    """Audio in, face and body motion out: the four exported models and their featurizer on a device.
+
+    The public way to sample programmatically (`a2p sample` runs the same class over files and
+    ranks)::
+
+        pipe = Pipeline.from_exports(face=..., body=..., guide=..., vq=..., device="cpu")
+        out = pipe.sample(audio, reps=3, setting="ddim500", face_guidance=10.0, body_guidance=2.0,
+                          seed=0, init_noise=None, keyframes=None)
+        out["face"]  # (reps, T, 256); out["body"]  # (reps, T, 104); out["keyframes"]  # (reps, K, 104)
+    """
+
+    def __init__(
+        self,
+        models: Models,
+        featurizer: torch.nn.Module,
+        device: torch.device | str = "cpu",
+        windowing: Windowing = Windowing(),
+    ) -> None:
+        self.models = models
+        self.device = torch.device(device)
+        self.featurizer = featurizer.to(self.device)
+        self.windowing = windowing
+
+    @classmethod
+    def from_exports(
+        cls,
+        *,
+        face: str | Path,
+        body: str | Path,
+        guide: str | Path,
+        vq: str | Path,
+        device: torch.device | str = "cpu",
+        windowing: Windowing = Windowing(),
+    ) -> Pipeline:
+        """Load the four exports (checked to fit together) and build their featurizer on `device`."""
+        from a2p.models.audio import build_featurizer
+
+        device = torch.device(device)
+        models = Models.load(str(face), str(body), str(guide), str(vq), device)
+        return cls(models, build_featurizer(models.featurizer), device, windowing)
+
+    def prepare(self, audio: np.ndarray) -> PreparedClip:
+        """Featurize a clip (samples, 2) once for both parts."""
+        return prepare_clip(self.featurizer, audio, self.windowing, self.device)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        audio: np.ndarray,
+        *,
+        reps: int = 1,
+        setting: str = "ddim500",
+        face_guidance: float = DEFAULT_GUIDANCE["face"],
+        body_guidance: float = DEFAULT_GUIDANCE["body"],
+        seed: int = 0,
+        init_noise: dict[str, np.ndarray | torch.Tensor] | None = None,
+        keyframes: np.ndarray | torch.Tensor | None = None,
+        sharing: Sharing = Sharing(),
+    ) -> dict[str, np.ndarray]:
+        """Face (reps, T, 256), body (reps, T, 104) and keyframes (reps, ceil(T / 30), 104) in data units.
+
+        `audio` is a float (samples, 2) waveform at 48 kHz; T = samples // 1600. `init_noise`
+        {"face": (reps, T, 256), "body": (reps, T, 104)} is x_T in the diffusion's normalized
+        units (for a clip longer than a window, T rounded up to whole keyframes); `keyframes`
+        (reps, ceil(T / 30), 104), in data units, bypasses the guide.
+        """
+        audio = _waveform(audio)
+        clip = self.prepare(audio)
+        rows = list(range(reps))
+        noise = {part: self._noise(init_noise, part, reps, clip) for part in PARTS}
+        guide = None if keyframes is None else self._keyframes(keyframes, reps, clip)
+        guidance = {"face": face_guidance, "body": body_guidance}
+        arrays: dict[str, np.ndarray] = {}
+        for part in PARTS:
+            arrays |= sample_part(
+                self.models, clip, part, rows, setting=setting, seed=seed, device=self.device,
+                windowing=self.windowing, sharing=sharing, guidance=guidance[part], noise=noise[part],
+                keyframes=guide if part == "body" else None,
+            )  # fmt: skip
+        return arrays
+
+    def _noise(
+        self, init_noise: dict | None, part: str, reps: int, clip: PreparedClip
+    ) -> torch.Tensor | None:
+        if not init_noise or init_noise.get(part) is None:
+            return None
+        noise = torch.as_tensor(init_noise[part], dtype=torch.float32)
+        dim = getattr(self.models, part).model.config.motion_dim
+        if tuple(noise.shape) != (reps, clip.length, dim):
+            raise A2PError(
+                f"init_noise[{part!r}] has shape {tuple(noise.shape)}, this clip needs {(reps, clip.length, dim)}"
+            )
+        return noise.to(self.device)
+
+    def _keyframes(self, keyframes: np.ndarray | torch.Tensor, reps: int, clip: PreparedClip) -> torch.Tensor:
+        values = np.asarray(keyframes, dtype=np.float32)
+        count = math.ceil(clip.length / KEYFRAME_INTERVAL)
+        dim = self.models.body.model.config.guide_dim
+        if values.shape != (reps, count, dim):
+            raise A2PError(f"keyframes have shape {values.shape}, this clip needs {(reps, count, dim)}")
+        if not np.isfinite(values).all():
+            raise A2PError("keyframes hold NaN or infinite values")
+        return torch.from_numpy(_normalize(values, self.models.body.stats, "body")).to(self.device)
+
+
+def _waveform(audio: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A float32 (samples, 2) waveform, checked: at least one motion frame long, finite."""
+    values = np.asarray(audio.cpu() if isinstance(audio, torch.Tensor) else audio, dtype=np.float32)
+    if values.ndim != 2 or values.shape[1] != 2:
+        raise A2PError(f"audio must be a (samples, 2) stereo waveform at 48 kHz, got shape {values.shape}")
+    if values.shape[0] < SAMPLES_PER_FRAME:
+        raise A2PError(
+            f"audio of {values.shape[0]} samples is shorter than one motion frame ({SAMPLES_PER_FRAME})"
+        )
+    if not np.isfinite(values).all():
+        raise A2PError("audio holds NaN or infinite samples")
+    return values

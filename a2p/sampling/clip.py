@@ -42,10 +42,12 @@ def sample_motion(
     world_size: int = 1,
     all_reduce: AllReduce | None = None,
     window_batch: int = 8,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """(reps, frames, D) motion for one clip: features (1, F, C) at 100 Hz, guide (1 or reps, K, D_guide).
 
-    `generators` (one per repetition) overrides the ones derived from `seed`. With a `plan` of
+    `generators` (one per repetition) overrides the ones derived from `seed`; `noise`
+    (reps, frames, D), in the diffusion's normalized units, replaces the x_T they would draw. With a `plan` of
     several windows the clip is denoised as overlapping windows (`a2p.sampling.windows`), which
     `rank` of `world_size` share through `all_reduce`.
     """
@@ -62,10 +64,10 @@ def sample_motion(
             window_batch=window_batch,
         )  # fmt: skip
         model = guided_model(denoise, guidance, batched=True)
-        out = run_setting(model, schedule, shape, parsed, generators, device)
+        out = run_setting(model, schedule, shape, parsed, generators, device, noise)
         return denoise.gather(out)
     model = clip_model(denoiser, features, guide, reps, guidance)
-    return run_setting(model, schedule, shape, parsed, generators, device)
+    return run_setting(model, schedule, shape, parsed, generators, device, noise)
 
 
 def clip_model(
@@ -106,12 +108,19 @@ def run_setting(
     setting: SamplerSetting,
     generators: list[torch.Generator],
     device: torch.device,
+    noise: Tensor | None = None,
 ) -> Tensor:
-    """Sample `shape` with the setting's sampler, from noise drawn by one generator per row."""
+    """Sample `shape` with the setting's sampler, from `noise` or noise drawn by one generator per row."""
+    if noise is not None:
+        if tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"initial noise has shape {tuple(noise.shape)}, the clip needs {tuple(shape)}")
+        noise = noise.to(device)
     if setting.sampler == "picard_ddim":
-        noise = randn(shape, generators, device)
+        noise = randn(shape, generators, device) if noise is None else noise
         return picard_ddim(model, schedule, noise, window=PICARD_WINDOW, tolerance=PICARD_TOLERANCE)
-    return sample(model, schedule, shape, sampler=setting.sampler, generator=generators, device=device)
+    return sample(
+        model, schedule, shape, sampler=setting.sampler, noise=noise, generator=generators, device=device
+    )
 
 
 def encode_windows(
