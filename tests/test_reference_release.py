@@ -62,7 +62,7 @@ def test_wrong_files_are_refused_by_what_they_hold():
     ):
         convert_release({"net": {"quantizer.layers.0._codebook.embed": torch.zeros(1)}}, "guide", "vq.pth")
     with pytest.raises(
-        DataError, match=r"x\.pt: holds a dict of 1 entries \(hello\), not the body diffusion"
+        DataError, match=r"x\.pt: holds a bare state dict of 1 tensors with prefixes hello, not the body"
     ):
         convert_release({"hello": torch.zeros(1)}, "body", "x.pt")
     assert identify({"model_state_dict": {"regression_model.x": torch.zeros(1)}}) == "lip"

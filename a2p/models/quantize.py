@@ -209,6 +209,10 @@ class ResidualVQ(nn.Module):
         self.all_reduce = all_reduce or no_op
         self.broadcast = broadcast or no_op
 
+    def compute_dtype(self) -> torch.dtype:
+        """Precision of distances and statistics: the codebooks' (float64 in a float64 model), at least float32."""
+        return torch.promote_types(self.codebooks[0].embed.dtype, torch.float32)
+
     def forward(self, z: Tensor, mask: Tensor | None = None) -> Quantized:
         """Quantize z (B, T, D); rows whose mask (B, T) is False neither learn nor count in losses."""
         batch_shape = z.shape[:-1]
@@ -217,9 +221,9 @@ class ResidualVQ(nn.Module):
         ).reshape(-1)  # (N,)
         denom = weight.sum().clamp(min=1.0)
         learn = self.training
-        # Distances and EMA statistics in float32, also under autocast: bf16 argmins pick wrong codes.
+        # Distances and EMA statistics in at least float32, also under autocast: bf16 argmins pick wrong codes.
         with torch.autocast(z.device.type, enabled=False):
-            flat = z.reshape(-1, z.shape[-1]).float()  # (N, D)
+            flat = z.reshape(-1, z.shape[-1]).to(self.compute_dtype())  # (N, D)
             residual = flat
             quantized = torch.zeros_like(flat)
             codes, commitments, stats = [], [], {}
@@ -254,7 +258,7 @@ class ResidualVQ(nn.Module):
     @torch.no_grad()
     def encode(self, z: Tensor) -> Tensor:
         """Codes (B, T, L) of z (B, T, D); never learns."""
-        residual = z.reshape(-1, z.shape[-1]).float()
+        residual = z.reshape(-1, z.shape[-1]).to(self.compute_dtype())
         codes = []
         for book in self.codebooks:
             index = book.assign(residual)

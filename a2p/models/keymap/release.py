@@ -24,6 +24,7 @@ from a2p.config.guide import GuideConfig
 from a2p.errors import DataError
 from a2p.models.keymap.denoiser import convert_denoiser, split_audio
 from a2p.models.keymap.guide import MODULES_PER_CONV, convert_guide
+from a2p.models.keymap.vq import describe_container
 
 RELEASED_HEADS = {"face": 8, "body": 8, "guide": 4}
 """Attention heads of the released models (utils/model_util.py, model/guide.py defaults)."""
@@ -48,26 +49,23 @@ class Converted:
 def identify(container: Any) -> str:
     """What a loaded released file holds: face, body, guide, vq, lip (the lip asset), or a description."""
     if not isinstance(container, Mapping):
-        return f"a {type(container).__name__}"
+        return describe_container(container)
     if "net" in container and isinstance(container["net"], Mapping):
-        return (
-            "vq" if any(k.startswith("quantizer.") for k in container["net"]) else "a {'net': ...} checkpoint"
-        )
+        if any(str(k).startswith("quantizer.") for k in container["net"]):
+            return "vq"
     if "model_state_dict" in container and isinstance(container["model_state_dict"], Mapping):
         inner = container["model_state_dict"]
         if "token_embedding.weight" in inner:
             return "guide"
-        if any(k.startswith("regression_model.") for k in inner):
+        if any(str(k).startswith("regression_model.") for k in inner):
             return "lip"
-        return "a {'model_state_dict': ...} checkpoint"
     keys = [k for k in container if isinstance(k, str)]
     if "seqTransDecoder.stack.0.self_attn.in_proj_weight" in keys:
         if "null_pose_embed" in keys:
             return "body"
         if any(k.startswith("cond_encoder.") for k in keys):
             return "face"
-    shown = ", ".join(sorted(map(str, container))[:5])
-    return f"a dict of {len(container)} entries ({shown}{', ...' if len(container) > 5 else ''})"
+    return describe_container(container)
 
 
 DESCRIPTIONS = {
