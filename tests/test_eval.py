@@ -106,3 +106,35 @@ def test_sampled_by_two_processes_scores_what_one_process_scores(tiny_shards, mo
             one, two = reports[0][part][metric]["values"], reports[1][part][metric]["values"]
             np.testing.assert_allclose(one, two, rtol=1e-4, err_msg=f"{part} {metric}")
         assert reports[0][part]["frames"] == reports[1][part]["frames"] > 0
+
+
+def test_report_adds_the_references_pooled_metrics(tiny_shards, truth, tmp_path, capsys):
+    """Pooled FD_g, FD_k, Div_g (all repetitions in one Gaussian) beside the per-repetition keys."""
+    from a2p.evaluation.metrics import pooled_metrics
+    from a2p.evaluation.run import load_split_results
+
+    write_results(tmp_path / "noisy", truth, noise=0.2, reps=3)
+    report_file = tmp_path / "report.json"
+    data = str(tiny_shards["plain"])
+    args = ["--data", data, "--results", str(tmp_path / "noisy"), "--out", str(report_file), "--seed", "2"]
+    assert eval_main(args) == 0
+    table = capsys.readouterr().out
+    report = json.loads(report_file.read_text())
+    loaded = load_split_results(data, tmp_path / "noisy")
+    for part in ("body", "face"):
+        pred, gt, valid = loaded[part]
+        expected = pooled_metrics(pred, gt, seed=2, mask=None if valid.all() else valid)
+        for name, value in expected.items():
+            assert report[part][name] == pytest.approx(value, rel=1e-12), (part, name)
+        for name in ("fd_g", "fd_k", "div_g", "div_k"):  # a2p's per-repetition values stay
+            assert set(report[part][name]) == {"mean", "spread", "values"}
+            assert len(report[part][name]["values"]) == 3
+        assert report[part]["repetitions"] == 3
+    for name in ("pooled_fd_g", "pooled_fd_k", "pooled_div_g", "fd_g", "gt_div_g", "frames"):
+        assert f"| {name} |" in table
+    # the truth itself: pooled FD 0 as well, and a shift of s moves pooled FD_g by |s|^2
+    write_results(tmp_path / "shifted", {n: (b + 0.5, f, ok) for n, (b, f, ok) in truth.items()}, noise=0.0)
+    assert eval_main(["--data", data, "--results", str(tmp_path / "shifted"), "--out", str(report_file)]) == 0
+    body = json.loads(report_file.read_text())["body"]
+    assert body["pooled_fd_g"] == pytest.approx(0.25 * 104, rel=1e-6)
+    assert body["pooled_fd_k"] == pytest.approx(0.0, abs=1e-6)

@@ -111,3 +111,87 @@ def test_masked_frames_never_count():
     valid = lambda x: x[mask]  # noqa: E731
     expected = frechet_distance(*gaussian_stats(valid(gt)), *gaussian_stats(valid(pred[0])))
     assert clean["fd_g"].values[0] == pytest.approx(expected, rel=1e-12)
+
+
+def _reference_pooled(pred: np.ndarray, gt: np.ndarray, seed: int) -> dict[str, float]:
+    """FD_g, FD_k, Div_g as the reference's utils/eval.py computes them (written anew from reading it).
+
+    Its results hold R copies of the (C, D, T) chunks, truth included; `transpose((0, 1, 3, 2))
+    .reshape(-1, D)` makes one (R C T, D) set of frames of each; the covariances are `np.cov`
+    (rowvar=False); the FD's tr sqrt(S1 S2) is taken here as the sum of the square roots of the
+    eigenvalues of S1 S2 (what `scipy.linalg.sqrtm`'s trace equals); Div_g is the mean distance of
+    10,000 pairs drawn without replacement from more than 10,000 frames (seeded here as a2p draws).
+    """
+    reps, dim = pred.shape[0], pred.shape[-1]
+    gt_all = np.stack([gt] * reps)  # (R, C, T, D)
+
+    def fid(a, b):
+        mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        tr_covmean = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real.sum()
+        return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+    frames, gt_frames = pred.reshape(-1, dim), gt_all.reshape(-1, dim)
+    motion, gt_motion = np.diff(pred, axis=2).reshape(-1, dim), np.diff(gt_all, axis=2).reshape(-1, dim)
+    assert frames.shape[0] > 10_000
+    rng = np.random.default_rng(seed)
+    first = rng.choice(frames.shape[0], 10_000, replace=False)
+    second = rng.choice(frames.shape[0], 10_000, replace=False)
+    return {
+        "pooled_fd_g": fid(gt_frames, frames),
+        "pooled_fd_k": fid(gt_motion, motion),
+        "pooled_div_g": float(np.linalg.norm(frames[first] - frames[second], axis=1).mean()),
+    }
+
+
+def test_pooled_metrics_are_the_references():
+    from a2p.evaluation.metrics import pooled_metrics
+
+    rng = np.random.default_rng(7)
+    gt = rng.standard_normal((4, 1000, 5)) @ rng.standard_normal((5, 5))
+    # repetitions that differ from each other: the pooled covariance holds that spread too
+    pred = np.stack([gt * (0.8 + 0.2 * r) + 0.3 * r + rng.standard_normal(gt.shape) for r in range(3)])
+    expected = _reference_pooled(pred, gt, seed=4)
+    got = pooled_metrics(pred, gt, seed=4)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-9), name
+    out = motion_metrics(pred, gt, seed=4)
+    for name in expected:  # motion_metrics reports them beside a2p's per-repetition values
+        assert out[name] == got[name]
+    # a different number from a2p's mean over repetitions: FD is not linear in the frames
+    assert abs(out["pooled_fd_g"] - out["fd_g"].mean) > 0.05 * out["fd_g"].mean
+
+
+def test_pooled_metrics_of_one_repetition_are_the_per_repetition_ones():
+    rng = np.random.default_rng(8)
+    gt = rng.standard_normal((3, 120, 4))
+    pred = gt[None] + 0.5 * rng.standard_normal((1, 3, 120, 4))
+    mask = np.ones((3, 120), dtype=bool)
+    mask[0, 10:30] = False
+    for m in (None, mask):
+        out = motion_metrics(pred, gt, mask=m)
+        assert out["pooled_fd_g"] == out["fd_g"].values[0]
+        assert out["pooled_fd_k"] == out["fd_k"].values[0]
+        assert out["pooled_div_g"] == out["div_g"].values[0]
+
+
+def test_pooled_metrics_count_only_valid_frames_of_every_repetition():
+    from a2p.evaluation.metrics import pooled_metrics
+
+    rng = np.random.default_rng(9)
+    gt = rng.standard_normal((3, 80, 4))
+    pred = rng.standard_normal((2, 3, 80, 4)) + 0.2
+    mask = np.ones((3, 80), dtype=bool)
+    mask[2, 40:60] = False
+    spoiled_gt, spoiled_pred = gt.copy(), pred.copy()
+    spoiled_gt[2, 40:60], spoiled_pred[:, 2, 40:60] = 1e3, -1e3
+    clean, spoiled = pooled_metrics(pred, gt, mask=mask), pooled_metrics(spoiled_pred, spoiled_gt, mask=mask)
+    for name in clean:
+        assert spoiled[name] == pytest.approx(clean[name], rel=1e-9)
+    both = np.concatenate([pred[0][mask], pred[1][mask]])  # repetition-major, as the reference pools
+    truth = np.concatenate([gt[mask], gt[mask]])
+    assert clean["pooled_fd_g"] == pytest.approx(
+        frechet_distance(*gaussian_stats(truth), *gaussian_stats(both)), rel=1e-12
+    )
+    with pytest.raises(DataError, match="repetitions, chunks, frames, channels"):
+        pooled_metrics(pred[0], gt)

@@ -2,6 +2,9 @@
 
 a2p sample --data SHARDS/PERSON --split test --out DIR ...     # the split's 600-frame chunks
 a2p eval --data SHARDS/PERSON --results DIR [--split test] [--out FILE.json]
+
+FD_g, FD_k, Div_g, Div_k are given per repetition as mean ± spread, and FD_g, FD_k, Div_g also
+pooled over all repetitions as the reference's utils/eval.py computes them (`pooled_*` rows).
 """
 
 from __future__ import annotations

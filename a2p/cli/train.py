@@ -1,6 +1,6 @@
 """`a2p train TASK`: train one task of the registry; the same command on one process or many.
 
-    a2p train TASK --data SHARDS/PERSON --run-dir DIR [--preset paper|debug] [--config FILE.json]
+    a2p train TASK --data SHARDS/PERSON --run-dir DIR [--preset paper|a2p|debug] [--config FILE.json]
         [--max-steps N] [--resume latest|PATH] [--deepspeed ds_configs/FILE.json]
         [--set section.key=value ...] [--dry-run]
 
@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("task", choices=available_tasks(), help="what to train")
     parser.add_argument("--data", default=None, help="shard folder of one person (train.data)")
     parser.add_argument("--run-dir", required=True, help="run directory: config, checkpoints, TensorBoard")
-    parser.add_argument("--preset", default=None, help="named size of the task (paper, debug)")
+    parser.add_argument(
+        "--preset", default=None, help="named preset of the task: paper (the reference's recipe), a2p, debug"
+    )
     parser.add_argument("--config", default=None, help="JSON preset file applied over the preset")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="optimizer steps of the run (train.max_steps)"

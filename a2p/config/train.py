@@ -2,10 +2,12 @@
 
 A run's full config is `{"train": TrainConfig, "task": <the task's own config>}`, built by
 `a2p.training.tasks.run_config_class(task_name)`; `--set train.optimizer.lr=3e-4` reaches in here.
+The defaults are a2p's recipe; `PAPER_RECIPES` holds the reference's per model (the `paper` presets).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,14 +44,33 @@ class OptimizerConfig:
             raise ConfigError("train.optimizer.eps must be positive and weight_decay not negative")
 
 
+ScheduleKind = Literal["cosine", "constant", "step"]
+"""Shape of the rate after warm-up: cosine decay, constant, or step decay at milestones."""
+
+WarmupKind = Literal["linear", "reference"]
+"""Warm-up ramp: a2p's linear ramp to the peak, or the reference's `lr (i + 1) / (W + 1)` (see `lr_factor`)."""
+
+
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule per optimizer step: linear warm-up, then cosine decay or constant."""
+    """Learning-rate schedule per optimizer step: a warm-up, then cosine decay, constant or step decay.
 
-    kind: Literal["cosine", "constant"] = "cosine"
-    """Shape after warm-up."""
+    Steps are 0-based optimizer steps; the factor of step s is the multiplier of `optimizer.lr`
+    while step s is taken (`a2p.training.optim.lr_factor`).
+    """
+
+    kind: ScheduleKind = "cosine"
+    """Shape after warm-up; `step` multiplies by `gamma` at each of `milestones` (torch's MultiStepLR)."""
     warmup_steps: int = 0
-    """Optimizer steps of linear warm-up from 0 to the peak rate."""
+    """Warm-up length W: `linear` ramps over W steps; `reference` over W - `warmup_first` steps."""
+    warmup: WarmupKind = "linear"
+    """`linear`: (s + 1) / W, the peak at step W - 1; `reference`: (i + 1) / (W + 1), then held at W / (W + 1)."""
+    warmup_first: int = 0
+    """`reference` only: its first warm-up iteration i (train_vq starts at 1, train_guide at 0)."""
+    milestones: tuple[int, ...] = ()
+    """`step` only: increasing optimizer steps from which the rate is multiplied by `gamma` once more."""
+    gamma: float = 0.1
+    """`step` only: the factor applied at each milestone."""
     total_steps: int = 0
     """Length of the cosine decay in optimizer steps (warm-up included); 0: `train.max_steps`."""
     min_lr_ratio: float = 0.0
@@ -60,6 +81,28 @@ class ScheduleConfig:
             raise ConfigError("train.schedule.warmup_steps and total_steps must not be negative")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.schedule.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_first and (
+            self.warmup != "reference" or not 0 <= self.warmup_first < self.warmup_steps
+        ):
+            raise ConfigError(
+                "train.schedule.warmup_first needs warmup='reference' and must lie in [0, warmup_steps), got "
+                f"{self.warmup_first} with warmup={self.warmup!r}, warmup_steps={self.warmup_steps}"
+            )
+        if self.milestones and self.kind != "step":
+            raise ConfigError(f"train.schedule.milestones apply to kind='step' only, not {self.kind!r}")
+        steps = list(self.milestones)
+        if steps != sorted(set(steps)) or (steps and steps[0] < self.warmup_length):
+            raise ConfigError(
+                "train.schedule.milestones must be strictly increasing and not inside the warm-up "
+                f"({self.warmup_length} steps), got {steps}"
+            )
+        if self.gamma <= 0.0:
+            raise ConfigError(f"train.schedule.gamma must be positive, got {self.gamma}")
+
+    @property
+    def warmup_length(self) -> int:
+        """Optimizer steps spent in the warm-up ramp."""
+        return self.warmup_steps - self.warmup_first
 
 
 @dataclass
@@ -67,7 +110,7 @@ class EMAConfig:
     """Exponential moving average of the weights, updated once per optimizer step."""
 
     enabled: bool = True
-    """Keep an EMA copy (inference exports use it)."""
+    """Keep an EMA copy (exports use it); a2p's addition, off in the `paper` recipes (the reference keeps none)."""
     decay: float = 0.9999
     """Weight of the old average in each update."""
     start_step: int = 0
@@ -125,7 +168,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: never clip; the norm is logged either way)."""
     precision: Precision = "bf16"
-    """`bf16` autocasts forward passes (DeepSpeed: bf16 weights); `fp32` is exact and reproducible."""
+    """`bf16` (a2p's addition) autocasts forward passes (DeepSpeed: bf16 weights); `fp32` is the reference's."""
     tf32: bool = True
     """Allow TF32 matmuls on CUDA devices."""
     seed: int = 0
@@ -165,3 +208,77 @@ class TrainConfig:
     def schedule_steps(self) -> int:
         """Optimizer steps the learning-rate schedule spans."""
         return self.schedule.total_steps or self.max_steps
+
+
+def _reference_recipe(
+    max_steps: int,
+    lr: float,
+    betas: tuple[float, float],
+    schedule: ScheduleConfig,
+    weight_decay: float = 0.0,
+    grad_clip: float = 0.0,
+) -> TrainConfig:
+    """A reference training recipe: fp32 without TF32 matmuls, no EMA, batch 4 (the README's commands)."""
+    return TrainConfig(
+        max_steps=max_steps,
+        batch_size=4,
+        grad_clip=grad_clip,
+        precision="fp32",
+        tf32=False,
+        optimizer=OptimizerConfig(lr=lr, betas=betas, weight_decay=weight_decay),
+        schedule=schedule,
+        ema=EMAConfig(enabled=False),
+    )
+
+
+_DIFFUSION_BETAS = (0.9, 0.999)
+_TOKEN_BETAS = (0.9, 0.99)
+
+PAPER_RECIPES: dict[str, TrainConfig] = {
+    # train/training_loop.py: AdamW(lr, weight_decay) with torch's default betas, lr_anneal_steps 0
+    # (constant), no clipping or EMA; model000155000.pt / model000340000.pt are saved after step
+    # index 155000 / 340000, i.e. after 155,001 / 340,001 optimizer steps.
+    "face": _reference_recipe(155_001, 1e-4, _DIFFUSION_BETAS, ScheduleConfig(kind="constant")),
+    "body": _reference_recipe(340_001, 1e-4, _DIFFUSION_BETAS, ScheduleConfig(kind="constant")),
+    # train/train_vq.py: a warm-up loop over iterations 1..999 at lr (i + 1) / 1001, then 300,000
+    # steps at 1000/1001 lr with MultiStepLR([300000], 0.05) stepped after each of them, so its
+    # decay would start at global step 999 + 300000, after the last step of the run.
+    "vq": _reference_recipe(
+        300_999,
+        1e-3,
+        _TOKEN_BETAS,
+        ScheduleConfig(
+            kind="step",
+            warmup_steps=1000,
+            warmup="reference",
+            warmup_first=1,
+            milestones=(300_999,),
+            gamma=0.05,
+        ),
+    ),  # fmt: skip
+    # train/train_guide.py: lr (s + 1) / 5001 for steps 0..4999, then held at 5000/5001 lr, with
+    # MultiStepLR([50000, 400000], 0.1) stepped after every step (warm-up included), `--gn` clipping
+    # at 1; iter-0100000.pt is saved after step index 100000.
+    "guide": _reference_recipe(
+        100_001,
+        2e-4,
+        _TOKEN_BETAS,
+        ScheduleConfig(
+            kind="step", warmup_steps=5000, warmup="reference", milestones=(50_000, 400_000), gamma=0.1
+        ),
+        weight_decay=0.1,
+        grad_clip=1.0,
+    ),
+}
+"""The reference's training recipe per model (its train scripts and README commands): the `paper` presets.
+
+a2p's additions (EMA weights for export, bf16 autocast, clipping at 1, cosine decay) are the
+`TrainConfig` defaults, the `a2p` presets, and each stays available through `--set`.
+"""
+
+
+def paper_recipe(model: str) -> TrainConfig:
+    """A fresh copy of the reference's training recipe of `model` (face, body, vq, guide)."""
+    if model not in PAPER_RECIPES:
+        raise ConfigError(f"no reference training recipe for {model!r} (known: {sorted(PAPER_RECIPES)})")
+    return copy.deepcopy(PAPER_RECIPES[model])

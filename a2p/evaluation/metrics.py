@@ -9,6 +9,12 @@ evaluates the test split in 600-frame chunks). For predictions, (R, C, T, D) wit
 - Div_g: mean Euclidean distance between random pairs of predicted frames (static diversity);
 - Div_k: variance over time of each channel within a chunk, averaged (kinematic diversity);
 - variance across repetitions: per element variance over the R repetitions, averaged.
+
+a2p computes FD_g, FD_k and Div_g per repetition and reports their mean and spread. The
+reference's script pools instead: every repetition's frames enter one Gaussian (and one set of
+Div_g pairs), against the ground truth repeated once per repetition, as its results file holds
+it. `pooled_metrics` computes those numbers; since the pooled covariance also holds the spread
+between repetitions, they differ from the per-repetition means. Div_k is the same either way.
 """
 
 from __future__ import annotations
@@ -122,6 +128,30 @@ def variance_across_repetitions(pred: np.ndarray, mask: np.ndarray | None = None
     return float(_frames(pred.var(axis=0), mask).mean())
 
 
+def pooled_metrics(
+    pred: np.ndarray, gt: np.ndarray, seed: int = 0, mask: np.ndarray | None = None
+) -> dict[str, float]:
+    """The reference's pooled FD_g, FD_k, Div_g (utils/eval.py) of (R, C, T, D) predictions against (C, T, D).
+
+    The R x C predicted chunks are taken as one set, in repetition-major order, against the truth
+    tiled R times (the reference's results hold one copy of the truth per repetition, which
+    scales its covariance by R (N - 1) / (R N - 1) for N frames). Div_g draws its pairs from all
+    predicted frames, seeded as `static_diversity`. mask (C, T) applies to every repetition.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.ndim != 4:
+        raise DataError(f"need (repetitions, chunks, frames, channels) predictions, got shape {pred.shape}")
+    reps = pred.shape[0]
+    chunks = pred.reshape(-1, *pred.shape[2:])  # (R C, T, D)
+    truth = np.concatenate([np.asarray(gt, dtype=np.float64)] * reps)  # (R C, T, D)
+    tiled = None if mask is None else np.concatenate([np.asarray(mask, dtype=bool)] * reps)  # (R C, T)
+    return {
+        "pooled_fd_g": fd_static(chunks, truth, tiled),
+        "pooled_fd_k": fd_kinematic(chunks, truth, tiled),
+        "pooled_div_g": static_diversity(chunks, seed=seed, mask=tiled),
+    }
+
+
 @dataclass
 class Metric:
     """A metric over repetitions: mean and spread (population std) of the per-repetition values."""
@@ -138,7 +168,8 @@ def motion_metrics(
 
     mask (C, T): the frames that count (e.g. where the captured face is present); frame
     differences count where both frames do. Returns {metric: Metric} plus the ground truth's own
-    diversities, the variance across repetitions and the number of frames behind each value.
+    diversities, the variance across repetitions, the number of frames behind each value, and
+    the reference's pooled FD_g, FD_k, Div_g (`pooled_metrics`: `pooled_fd_g`, ...).
     """
     pred = np.asarray(pred, dtype=np.float64)
     gt = _as_chunks(gt, "ground truth")
@@ -163,4 +194,5 @@ def motion_metrics(
     result["var_reps"] = variance_across_repetitions(pred, mask) if pred.shape[0] > 1 else None
     result["repetitions"] = int(pred.shape[0])
     result["frames"] = int(gt.shape[0] * gt.shape[1] if mask is None else np.count_nonzero(mask))
+    result.update(pooled_metrics(pred, gt, seed=seed, mask=mask))
     return result

@@ -4,6 +4,8 @@ The ground truth is read from the shards in the same fixed chunks the sampler us
 (`a2p.data.chunks`), unnormalized, like the sampled motion. Every chunk's output must exist. Face
 metrics count only the frames whose captured face code is present (captures lose the face now
 and then; frame differences count where both frames are present); the report gives the frames.
+Beside a2p's per-repetition mean ± spread it holds the reference's pooled FD_g, FD_k and Div_g
+(`pooled_fd_g`, `pooled_fd_k`, `pooled_div_g`: every repetition in one Gaussian, as its utils/eval.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from a2p.fileio import write_atomic
 
 PARTS = ("body", "face")
 REPORTED = ("fd_g", "fd_k", "div_g", "div_k")
+POOLED = ("pooled_fd_g", "pooled_fd_k", "pooled_div_g")
+"""The reference's numbers: all repetitions in one Gaussian (`a2p.evaluation.metrics.pooled_metrics`)."""
 
 
 def load_split_results(
@@ -85,13 +89,16 @@ def evaluate(
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """A markdown table: one row per metric, one column per part, mean ± spread over repetitions."""
+    """A markdown table: one row per metric, one column per part, mean ± spread over repetitions.
+
+    The rows `pooled_*` below them are the reference's pooled values of the same metrics.
+    """
     parts = [part for part in PARTS if part in report]
     lines = ["| metric | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
     for name in REPORTED:
         cells = [f"{report[p][name]['mean']:.4g} ± {report[p][name]['spread']:.2g}" for p in parts]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    for name in ("gt_div_g", "gt_div_k", "var_reps", "repetitions", "chunks", "frames"):
+    for name in (*POOLED, "gt_div_g", "gt_div_k", "var_reps", "repetitions", "chunks", "frames"):
         cells = ["-" if report[p][name] is None else f"{report[p][name]:.4g}" for p in parts]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -2,9 +2,10 @@
 
 One training step (DESIGN.md; the reference's `train_diffusion`): draw t uniformly from the 1000
 training steps, noise the clean motion x0 with q_sample, keep each row's conditioning with
-probability 1 - `cond_drop_prob` (classifier-free guidance is trained by dropping audio and guide
-poses together), predict x0 and take the MSE on valid frames (padding, and for the face the
-missing frames, masked) plus `lambda_vel` times the velocity MSE. No variational-bound pass.
+probability 1 - `cond_drop_prob` (classifier-free guidance; `cond_dropout` says whether the
+body's audio and guide poses are dropped independently, as the reference, or together), predict
+x0 and take the MSE on valid frames (padding, and for the face the missing frames, masked) plus
+`lambda_vel` times the velocity MSE. No variational-bound pass.
 Audio features: `a2p.training.audio_inputs`.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from a2p import distributed
 from a2p.config.denoiser import DenoiserConfig, denoiser_preset
+from a2p.config.train import TrainConfig, paper_recipe
 from a2p.constants import FEATURE_RATE_HZ, KEYFRAME_INTERVAL
 from a2p.data.format import features_frames
 from a2p.diffusion import (
@@ -41,6 +43,27 @@ from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_ta
 logger = logging.getLogger(__name__)
 
 
+CondDropout = Literal["joint", "independent"]
+"""How the body's two conditions are dropped: by one draw per row, or by one draw each (the reference)."""
+
+
+def condition_keep_masks(
+    batch_size: int, drop_prob: float, mode: CondDropout, with_guide: bool, device: torch.device
+) -> tuple[Tensor, Tensor | None]:
+    """Rows (B,) that keep their audio, and those that keep their guide poses (None: the audio's).
+
+    Each mask keeps a row with probability 1 - drop_prob, drawn from the torch RNG. `independent`
+    draws the guide's mask separately (the reference's two `prob_mask_like` calls in
+    model/diffusion.py), so 64 / 16 / 16 / 4 % of rows keep both / audio only / guide only / none
+    at 0.2; `joint` keeps or drops both together (80 / 0 / 0 / 20 %). The audio's draw comes first
+    and is the same in both modes.
+    """
+    keep = torch.rand(batch_size, device=device) >= drop_prob
+    if mode == "independent" and with_guide:
+        return keep, torch.rand(batch_size, device=device) >= drop_prob
+    return keep, None
+
+
 @dataclass
 class DiffusionTaskConfig:
     """A face or body diffusion model and how it is trained."""
@@ -52,7 +75,9 @@ class DiffusionTaskConfig:
     featurizer_weights: str | None = None
     """Local weights file of the featurizer (wav2vec2)."""
     cond_drop_prob: float = 0.2
-    """Probability of dropping a row's audio (and guide poses) to train classifier-free guidance."""
+    """Probability of dropping a row's audio (and its guide poses) to train classifier-free guidance."""
+    cond_dropout: CondDropout = "joint"
+    """Body: `independent` drops audio and guide poses by separate draws (the reference); `joint` together."""
     lambda_vel: float = 0.0
     """Weight of the velocity term of the loss (2 for the body, as the reference)."""
     num_workers: int = 0
@@ -108,11 +133,13 @@ class DiffusionTask(Task):
         if self._schedule is None or self._schedule.alphas_cumprod.device != device:
             self._schedule = cosine_schedule(NUM_TRAIN_STEPS, device=device)
         t = sample_timesteps(batch_size, NUM_TRAIN_STEPS, device)
-        keep = torch.rand(batch_size, device=device) >= self.config.cond_drop_prob
+        keep, guide_keep = condition_keep_masks(
+            batch_size, self.config.cond_drop_prob, self.config.cond_dropout, self.uses_guide, device
+        )
         x_t = q_sample(self._schedule, x0, t, torch.randn_like(x0))
         guide = batch["keyframes"] if self.uses_guide else None
         features = self.audio(batch, device)  # (B, F, C)
-        x0_pred = model(x_t, t, ConditionInputs(features.to(x_t.dtype), guide, keep))
+        x0_pred = model(x_t, t, ConditionInputs(features.to(x_t.dtype), guide, keep, guide_keep))
         terms = diffusion_loss(x0_pred.float(), x0, valid, lambda_vel=self.config.lambda_vel)
         sums, counts = loss_by_quartile(terms.loss.detach(), t, NUM_TRAIN_STEPS)
         quartiles = sums / counts.clamp(min=1)
@@ -263,10 +290,19 @@ def window_metrics(windows: list[EvalWindow], chunk: int) -> dict[str, float]:
 
 
 def _presets(model: str, **task_fields: Any) -> dict[str, DiffusionTaskConfig]:
+    """`paper`: the reference's sizes and independent dropout; `a2p`: the same sizes, joint dropout; `debug`: tiny."""
     return {
-        size: DiffusionTaskConfig(model=denoiser_preset(model, size), **task_fields)
-        for size in ("paper", "debug")
+        "paper": DiffusionTaskConfig(
+            model=denoiser_preset(model, "paper"), cond_dropout="independent", **task_fields
+        ),
+        "a2p": DiffusionTaskConfig(model=denoiser_preset(model, "paper"), **task_fields),
+        "debug": DiffusionTaskConfig(model=denoiser_preset(model, "debug"), **task_fields),
     }
+
+
+def _train_presets(model: str) -> dict[str, TrainConfig]:
+    """`paper`: the reference's recipe (`PAPER_RECIPES`); `a2p`: a2p's defaults (EMA, bf16, clip 1, cosine)."""
+    return {"paper": paper_recipe(model), "a2p": TrainConfig()}
 
 
 @register_task("face")
@@ -275,6 +311,7 @@ class FaceTask(DiffusionTask):
 
     motion_key, mask_key, uses_guide = "face", "face_mask", False
     presets = _presets("face")
+    train_presets = _train_presets("face")
     default_preset = "paper"
 
 
@@ -284,4 +321,5 @@ class BodyTask(DiffusionTask):
 
     motion_key, mask_key, uses_guide = "body", "mask", True
     presets = _presets("body", lambda_vel=2.0)
+    train_presets = _train_presets("body")
     default_preset = "paper"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -11,15 +12,35 @@ from a2p.config.train import TrainConfig
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of the peak LR for optimizer step `step` (0-based): linear warm-up, then the decay."""
+    """Multiplier of the peak LR while optimizer step `step` (0-based) is taken: warm-up, then the decay.
+
+    Warm-up over W = `warmup_steps`:
+    - `linear`: (s + 1) / W for s < W, then 1;
+    - `reference` (train_vq, train_guide): lr (i + 1) / (W + 1) at warm-up iteration i, for
+      i = `warmup_first` .. W - 1 (step s is iteration s + `warmup_first`). The rate is then held
+      at W / (W + 1): the reference's MultiStepLR multiplies the rate the warm-up left behind.
+
+    After it, the factor `peak` (1, or W / (W + 1)) times: 1 (`constant`); gamma to the number of
+    milestones <= s (`step`: torch's MultiStepLR stepped once after every optimizer step, so a
+    milestone m first lowers step m); or the cosine from 1 to `min_lr_ratio` over the steps left
+    of `schedule_steps` (`cosine`).
+    """
     sched = config.schedule
-    if sched.warmup_steps and step < sched.warmup_steps:
-        return (step + 1) / sched.warmup_steps
+    width = sched.warmup_steps
+    reference = sched.warmup == "reference"
+    if step < sched.warmup_length:
+        if reference:
+            return (step + sched.warmup_first + 1) / (width + 1)
+        return (step + 1) / width
+    peak = width / (width + 1) if reference and width else 1.0
     if sched.kind == "constant":
-        return 1.0
-    span = max(config.schedule_steps - sched.warmup_steps, 1)
-    progress = min(max(step - sched.warmup_steps, 0) / span, 1.0)
-    return sched.min_lr_ratio + (1.0 - sched.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return peak
+    if sched.kind == "step":
+        return peak * sched.gamma ** bisect.bisect_right(sched.milestones, step)
+    span = max(config.schedule_steps - sched.warmup_length, 1)
+    progress = min(max(step - sched.warmup_length, 0) / span, 1.0)
+    cosine = sched.min_lr_ratio + (1.0 - sched.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak * cosine
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -14,6 +14,7 @@ and is listed in `TASK_MODULES` so `build_task` can import it on demand.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 from collections.abc import Callable, Iterable, Iterator
@@ -94,6 +95,8 @@ class Task:
     presets: ClassVar[dict[str, Any]] = {}
     """Named configs (`paper`, `debug`); `default` is used when none is named."""
     default_preset: ClassVar[str | None] = None
+    train_presets: ClassVar[dict[str, TrainConfig]] = {}
+    """Trainer settings per preset (the reference's recipe under `paper`); absent: `TrainConfig()`."""
     """Preset used when the user names none (None: the config class's defaults)."""
     find_unused_parameters: ClassVar[bool] = False
     """Whether DDP must look for parameters without gradient (conditional branches)."""
@@ -214,8 +217,8 @@ def load_run_config(
 ) -> Any:
     """Resolve a run config: defaults (or the task preset) <- preset file <- `--set` overrides.
 
-    `preset` names one of the task's `presets` for the `task` section; `train` replaces the
-    trainer defaults. Unknown keys and wrong types raise `ConfigError` naming the key.
+    `preset` names one of the task's `presets` for the `task` section and picks its
+    `train_presets` entry for the trainer (default `TrainConfig()`); `train` replaces both. Unknown keys and wrong types raise `ConfigError` naming the key.
     """
     cls = task_class(name)
     preset = preset or cls.default_preset
@@ -227,5 +230,6 @@ def load_run_config(
         raise ConfigError(
             f"task {name!r} has no preset {preset!r} (presets: {', '.join(sorted(cls.presets))})"
         )
-    base = run_config_class(name)(train=train or TrainConfig(), task=task_config)
+    train = train or copy.deepcopy(cls.train_presets.get(preset or "", TrainConfig()))
+    base = run_config_class(name)(train=train, task=task_config)
     return load_config(run_config_class(name), base, preset_file, overrides)

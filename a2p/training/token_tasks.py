@@ -4,22 +4,41 @@
 with statistics summed over data-parallel ranks). `guide` trains the guide transformer on the
 tokens a trained, frozen VQ gives those keyframes, conditioned on the crop's audio features; it
 needs the VQ (`--vq RUN_OR_EXPORT`, i.e. `task.vq`) before any compute.
+
+Presets: `paper` trains as the reference (fixed 600-frame crops, `PAPER_RECIPES`' optimizer and
+schedule); `a2p` keeps the same sizes with random crop lengths and a2p's trainer defaults;
+`debug` is tiny.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from a2p.config.guide import GuideConfig, guide_preset
+from a2p.config.train import TrainConfig, paper_recipe
 from a2p.config.vq import VQConfig, vq_preset
+from a2p.constants import CROP_MAX_FRAMES, CROP_MIN_FRAMES
 from a2p.errors import ConfigError
 from a2p.training.audio_inputs import AudioInputs
 from a2p.training.tasks import ResumableIterable, Task, TaskContext, register_task
+
+CropLengths = Literal["random", "fixed"]
+"""Training crop lengths: uniform in [CROP_MIN_FRAMES, CROP_MAX_FRAMES) and padded, or always CROP_MAX_FRAMES."""
+
+
+def crop_min_frames(crops: CropLengths) -> int:
+    """Shortest training crop of the loader: CROP_MAX_FRAMES for fixed crops (the reference's add_padding=False)."""
+    return CROP_MAX_FRAMES if crops == "fixed" else CROP_MIN_FRAMES
+
+
+def _train_presets(model: str) -> dict[str, TrainConfig]:
+    """`paper`: the reference's recipe (`PAPER_RECIPES`); `a2p`: a2p's defaults (EMA, bf16, clip 1, cosine)."""
+    return {"paper": paper_recipe(model), "a2p": TrainConfig()}
 
 
 @dataclass
@@ -28,6 +47,8 @@ class VQTaskConfig:
 
     model: VQConfig = field(default_factory=VQConfig)
     """The VQ-VAE."""
+    crops: CropLengths = "random"
+    """`fixed`: every crop 600 frames, 20 keyframes (the reference's train_vq); `random`: 400 to 599, padded."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 16
@@ -43,7 +64,12 @@ class VQTask(Task):
     """Residual VQ-VAE on keyframes (B, 20, 104) of 600-frame crops, padded keyframes masked."""
 
     config_class = VQTaskConfig
-    presets = {size: VQTaskConfig(model=vq_preset(size)) for size in ("paper", "debug")}
+    presets = {
+        "paper": VQTaskConfig(model=vq_preset("paper"), crops="fixed"),
+        "a2p": VQTaskConfig(model=vq_preset("paper")),
+        "debug": VQTaskConfig(model=vq_preset("debug")),
+    }
+    train_presets = _train_presets("vq")
     default_preset = "paper"
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
@@ -59,6 +85,7 @@ class VQTask(Task):
             world_size=ctx.world_size,
             num_workers=self.config.num_workers,
             shuffle_buffer=self.config.shuffle_buffer,
+            min_frames=crop_min_frames(self.config.crops),
             audio=False,
             features=False,
         )
@@ -86,6 +113,8 @@ class GuideTaskConfig:
     """Frozen audio featurizer, used when the shards carry no features."""
     featurizer_weights: str | None = None
     """Local weights file of the featurizer (wav2vec2)."""
+    crops: CropLengths = "random"
+    """`fixed`: every crop 600 frames, 20 keyframes (the reference's train_guide); `random`: 400 to 599, padded."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 16
@@ -97,7 +126,12 @@ class GuideTask(Task):
     """Next-token cross-entropy of the frozen VQ's codes of the crop's keyframes, given its audio."""
 
     config_class = GuideTaskConfig
-    presets = {size: GuideTaskConfig(model=guide_preset(size)) for size in ("paper", "debug")}
+    presets = {
+        "paper": GuideTaskConfig(model=guide_preset("paper"), crops="fixed"),
+        "a2p": GuideTaskConfig(model=guide_preset("paper")),
+        "debug": GuideTaskConfig(model=guide_preset("debug")),
+    }
+    train_presets = _train_presets("guide")
     default_preset = "paper"
 
     def __init__(self, config: GuideTaskConfig) -> None:
@@ -118,7 +152,24 @@ class GuideTask(Task):
         )
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
-        return self.audio.loader(ctx, self.name, self.config.num_workers, self.config.shuffle_buffer)
+        from a2p.data import build_train_loader
+
+        # AudioInputs.loader with the crop length of `crops` (its loader takes no min_frames).
+        if not ctx.data:
+            raise ConfigError(f"the {self.name} task needs --data SHARDS/PERSON")
+        self.audio.check_shards(ctx.data)
+        return build_train_loader(
+            ctx.data,
+            ctx.batch_size,
+            seed=ctx.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            num_workers=self.config.num_workers,
+            shuffle_buffer=self.config.shuffle_buffer,
+            min_frames=crop_min_frames(self.config.crops),
+            audio=not self.audio.shards_have_features,
+            features=True,
+        )
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         keyframes = batch["keyframes"].float()
