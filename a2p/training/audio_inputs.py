@@ -47,8 +47,18 @@ class AudioInputs:
                     f"but {self.width_key} is {self.width}"
                 )
 
-    def loader(self, ctx: TaskContext, task: str, num_workers: int, shuffle_buffer: int) -> ResumableIterable:
-        """This rank's training loader over `ctx.data`, decoding audio only when features are missing."""
+    def loader(
+        self,
+        ctx: TaskContext,
+        task: str,
+        num_workers: int,
+        shuffle_buffer: int,
+        min_frames: int | None = None,
+    ) -> ResumableIterable:
+        """This rank's training loader over `ctx.data`, decoding audio only when features are missing.
+
+        `min_frames`: the shortest crop (None: the loader's default random lengths).
+        """
         from a2p.data import build_train_loader
 
         if not ctx.data:
@@ -64,6 +74,7 @@ class AudioInputs:
             shuffle_buffer=shuffle_buffer,
             audio=not self.shards_have_features,
             features=True,
+            **({} if min_frames is None else {"min_frames": min_frames}),
         )
 
     def __call__(self, batch: dict[str, Any], device: torch.device) -> Tensor:

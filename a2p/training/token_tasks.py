@@ -152,23 +152,12 @@ class GuideTask(Task):
         )
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
-        from a2p.data import build_train_loader
-
-        # AudioInputs.loader with the crop length of `crops` (its loader takes no min_frames).
-        if not ctx.data:
-            raise ConfigError(f"the {self.name} task needs --data SHARDS/PERSON")
-        self.audio.check_shards(ctx.data)
-        return build_train_loader(
-            ctx.data,
-            ctx.batch_size,
-            seed=ctx.seed,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            num_workers=self.config.num_workers,
-            shuffle_buffer=self.config.shuffle_buffer,
+        return self.audio.loader(
+            ctx,
+            self.name,
+            self.config.num_workers,
+            self.config.shuffle_buffer,
             min_frames=crop_min_frames(self.config.crops),
-            audio=not self.audio.shards_have_features,
-            features=True,
         )
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
