@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "export": ("a2p.cli.export", "write an inference export of a training run"),
     "sample": ("a2p.cli.sample", "turn audio into face and body motion"),
     "eval": ("a2p.cli.eval", "the paper's metrics over sampled results"),
+    "import-reference": ("a2p.cli.import_reference", "the released Audio2Photoreal checkpoints as exports"),
     "demo": ("a2p.cli.demo", "run the whole pipeline on a small synthesized dataset"),
     "bench": ("a2p.cli.bench", "benchmarks: data, models, train, sample"),
 }

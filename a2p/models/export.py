@@ -26,6 +26,8 @@ from a2p.version import __version__
 
 EXPORT_FORMAT = "a2p-export"
 EXPORT_VERSION = "1"
+FRONTEND_PREFIX = "frontend."
+"""Keys of the frozen audio front end's tensors stored beside the model's (see `Exported.frontend`)."""
 
 
 @dataclass
@@ -39,6 +41,9 @@ class Exported:
     weights: str
     stats: dict[str, list[float]] | None = None
     """Normalization stats of the shards the model was trained on (body/face mean and std), if known."""
+    frontend: dict[str, torch.Tensor] | None = None
+    """Tensors of a frozen audio front end stored with the model (`frontend.*` keys, prefix removed):
+    the reference's vq-wav2vec and lip regressor in an `a2p import-reference` export."""
 
 
 def write_export(
@@ -98,7 +103,13 @@ def load_export(path: str | Path, expect_task: str | None = None) -> Exported:
         raise A2PError(f"{path}: is a {task!r} model, but a {expect_task!r} model is needed here")
     config = json.loads(metadata["config"])
     model = build_model(task, config)
-    model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    tensors = load_file(str(path), device="cpu")
+    frontend = {
+        k.removeprefix(FRONTEND_PREFIX): v for k, v in tensors.items() if k.startswith(FRONTEND_PREFIX)
+    }
+    model.load_state_dict(
+        {k: v for k, v in tensors.items() if not k.startswith(FRONTEND_PREFIX)}, strict=True
+    )
     model.eval()
     stats = json.loads(metadata.get("stats", "null"))
-    return Exported(task, config, model, int(metadata["step"]), metadata["weights"], stats)
+    return Exported(task, config, model, int(metadata["step"]), metadata["weights"], stats, frontend or None)
