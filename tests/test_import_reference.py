@@ -65,7 +65,24 @@ def test_import_writes_four_exports_in_the_persons_units(release, tmp_path, caps
     face = load_export(tmp_path / "out" / "face.safetensors")
     assert face.config["featurizer"] == "vq-wav2vec+lip" and face.model.config.positions == "reference"
     assert list(face.frontend) == ["audio_model.feature_extractor.conv_layers.0.0.weight"]
-    assert "4 " not in capsys.readouterr().err
+    np.testing.assert_allclose(face.stats["audio_std_flat"], stats.audio_std_flat)
+
+
+def test_sampling_an_imported_release_says_what_is_missing(release, tmp_path, capsys):
+    from a2p.cli.sample import main as sample_main
+
+    assert main(args(release, tmp_path / "out")) == 0
+    exports = [
+        x
+        for name in ("face", "body", "guide", "vq")
+        for x in (f"--{name}", str(tmp_path / "out" / f"{name}.safetensors"))
+    ]
+    clip = tmp_path / "clip.wav"
+    import soundfile as sf
+
+    sf.write(clip, np.zeros((48_000, 2)), 48_000)
+    assert sample_main([str(clip), *exports, "--out", str(tmp_path / "samples")]) == 2
+    assert "an `a2p import-reference` export" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         "body_std": stats.body_std.tolist(),
         "face_mean": stats.face_mean.tolist(),
         "face_std": stats.face_std.tolist(),
+        "audio_mean": stats.audio_mean.tolist(),  # the waveform's, before the front end
+        "audio_std_flat": stats.audio_std_flat.tolist(),
     }
     exports = {}  # everything converted before anything is written
     for name in ("face", "body", "guide"):

@@ -44,15 +44,19 @@ class Models:
 
     @classmethod
     def load(cls, face: str, body: str, guide: str, vq: str, device: torch.device) -> Models:
-        loaded = {
-            name: load_export(path, expect_task=name)
-            for name, path in (("face", face), ("body", body), ("guide", guide), ("vq", vq))
-        }
+        paths = {"face": str(face), "body": str(body), "guide": str(guide), "vq": str(vq)}
+        loaded = {name: load_export(path, expect_task=name) for name, path in paths.items()}
         for exported in loaded.values():
             exported.model.to(device).requires_grad_(False)
         featurizers = {
             name: loaded[name].config.get("featurizer", "mel") for name in ("face", "body", "guide")
         }
+        reference = [name for name, featurizer in featurizers.items() if featurizer.startswith("vq-wav2vec")]
+        if reference:
+            raise A2PError(
+                f"{paths[reference[0]]}: an `a2p import-reference` export; sampling the "
+                "reference's models needs its vq-wav2vec (+ lip) audio front end, which a2p sample does not run yet"
+            )
         if len(set(featurizers.values())) != 1:
             raise A2PError(f"the face, body and guide models use different featurizers: {featurizers}")
         vq_config, guide_config = loaded["vq"].model.config, loaded["guide"].model.config
@@ -60,7 +64,7 @@ class Models:
             raise A2PError(
                 f"{guide}: the guide predicts {guide_config.levels} x {guide_config.codes} codes, the VQ {vq} has {vq_config.levels} x {vq_config.codes}"
             )
-        return cls(**loaded, paths={"face": str(face), "body": str(body), "guide": str(guide), "vq": str(vq)})
+        return cls(**loaded, paths=paths)
 
     @property
     def featurizer(self) -> str:
