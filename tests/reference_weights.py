@@ -60,6 +60,16 @@ def seeded_state_dict(
     return state
 
 
+def vq_overrides(levels: int = 4) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """`overrides` for the reference's VQ: every codebook initialized, positive cluster counts."""
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for level in range(levels):
+        prefix = f"quantizer.layers.{level}._codebook."
+        out[prefix + "inited"] = torch.ones_like
+        out[prefix + "cluster_size"] = lambda t: t.abs() * 100.0 + 1.0
+    return out
+
+
 def seeded_array(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
     """A float64 input array randn(shape) * scale from its own generator."""
     generator = torch.Generator().manual_seed(seed)

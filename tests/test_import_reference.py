@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference_weights import FIXTURES, read_keys, seeded_state_dict
+from reference_weights import FIXTURES, read_keys, seeded_state_dict, vq_overrides
 from test_reference_release import diffusion_file, guide_file
 
 from a2p.cli.import_reference import main
@@ -21,12 +21,7 @@ STATS = FIXTURES / "GQS883_data_stats.pth"
 
 
 def vq_file() -> dict:
-    overrides = {}
-    for level in range(4):
-        prefix = f"quantizer.layers.{level}._codebook."
-        overrides[prefix + "inited"] = torch.ones_like
-        overrides[prefix + "cluster_size"] = lambda t: t.abs() * 100.0 + 1.0
-    net = {k: v.float() for k, v in seeded_state_dict(read_keys("vq"), 0, overrides).items()}
+    net = {k: v.float() for k, v in seeded_state_dict(read_keys("vq"), 0, vq_overrides()).items()}
     return {"net": net, "optimizer": {"state": {}}, "scheduler": {"last_epoch": 3}}
 
 

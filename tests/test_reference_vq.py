@@ -18,7 +18,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from reference_weights import assert_close_to_golden, read_golden, read_keys, seeded_array, seeded_state_dict
+from reference_weights import (
+    assert_close_to_golden,
+    read_golden,
+    read_keys,
+    seeded_array,
+    seeded_state_dict,
+    vq_overrides,
+)
 
 from a2p.config.vq import vq_preset
 from a2p.errors import DataError
@@ -29,18 +36,8 @@ LEVELS, CODES = 4, 1024
 SEEDS = {"weights": 0, "crop": 1, "codes": 2}
 
 
-def overrides() -> dict:
-    """As make_vq.py's: initialized codebooks, positive counts."""
-    out = {}
-    for level in range(LEVELS):
-        prefix = f"quantizer.layers.{level}._codebook."
-        out[prefix + "inited"] = torch.ones_like
-        out[prefix + "cluster_size"] = lambda t: t.abs() * 100.0 + 1.0
-    return out
-
-
 def reference_weights() -> dict[str, torch.Tensor]:
-    return seeded_state_dict(read_keys("vq"), SEEDS["weights"], overrides())
+    return seeded_state_dict(read_keys("vq"), SEEDS["weights"], vq_overrides(LEVELS))
 
 
 def reference_model(dtype: torch.dtype = torch.float64) -> BodyVQ:
