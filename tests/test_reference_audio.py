@@ -36,7 +36,6 @@ from a2p.models.wav2vec1 import (
     check_resample_kernel,
     load_vq_wav2vec_features,
     load_wav2vec1_asset,
-    normalize_waveform,
     resample_kernel,
     vq_wav2vec_features_from_state,
     vq_wav2vec_frames,
@@ -138,12 +137,15 @@ def test_600_motion_frames_give_1998_feature_frames():
     assert out.shape == (1, 1998, 8) == (1, features.output_frames(600 * SAMPLES_PER_FRAME), 8)
 
 
-def test_normalize_waveform_uses_the_audio_dtype():
-    import numpy as np
+def test_the_waveform_is_normalized_in_the_audio_dtype():
+    from reference_weights import FIXTURES
 
-    audio = torch.ones(1, 4, 2)
-    out = normalize_waveform(audio, np.array([0.5, -0.5], np.float32), np.array([0.25], np.float32))
-    assert out.dtype == torch.float32 and out[0, 0].tolist() == [2.0, 6.0]
+    from a2p.data.person_stats import load_person_stats
+
+    stats = load_person_stats(FIXTURES / "GQS883_data_stats.pth")
+    out = stats.normalize_audio(torch.ones(1, 4, 2))
+    expected = (1 - torch.from_numpy(stats.audio_mean)) / torch.from_numpy(stats.audio_std_flat)
+    assert out.dtype == torch.float32 and torch.equal(out[0, 0], expected)
 
 
 def test_fairseq_args_give_the_architecture():

@@ -527,7 +527,7 @@ def check_resample_kernel(kernel: Tensor, source: str, atol: float = 1e-6) -> No
 class VQWav2VecFeatures(nn.Module):
     """The reference's audio condition: vq-wav2vec's extractor on each channel, (B, S, 2) -> (B, F, 2 C).
 
-    Each channel (of the waveform normalized with `normalize_waveform`) is resampled 48 kHz ->
+    Each channel (of the waveform normalized with `a2p.data.person_stats.PersonStats.normalize_audio`) is resampled 48 kHz ->
     16 kHz with torchaudio's kernel (`resampler.kernel`, stored in the released checkpoints) and
     run through the extractor alone; features are channel 0's C then channel 1's C (1024 in all).
     No padding and no re-gridding: 600 motion frames give 1998 feature frames
@@ -614,14 +614,3 @@ def load_vq_wav2vec_features(path: str | Path) -> VQWav2VecFeatures:
     if not isinstance(state, Mapping):
         raise DataError(f"{path}: 'model_state_dict' is a {type(state).__name__}, not a state dict")
     return vq_wav2vec_features_from_state(state, str(path))
-
-
-def normalize_waveform(audio: Tensor, mean: Any, std: Any) -> Tensor:
-    """`(audio - mean) / std` with the person's `data_stats.pth` `audio_mean` (2,) and `audio_std_flat` (1,).
-
-    The stats (numpy arrays or tensors) are cast to the audio's dtype first, so float32 audio
-    is normalized in float32 as the reference's numpy code does.
-    """
-    mean = torch.as_tensor(mean).to(dtype=audio.dtype, device=audio.device)
-    std = torch.as_tensor(std).to(dtype=audio.dtype, device=audio.device)
-    return (audio - mean) / std
