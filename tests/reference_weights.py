@@ -70,6 +70,22 @@ def vq_overrides(levels: int = 4) -> dict[str, Callable[[torch.Tensor], torch.Te
     return out
 
 
+def seeded_front_end(name: str, seed: int) -> dict[str, torch.Tensor]:
+    """The seeded weights of the audio front end `name` ("audio": a released file's `audio_model.*`
+    and `audio_resampler.kernel`; "lip": the lip regressor), with the buffers that are not
+    weights (resampler kernels, sinusoidal tables) at their real values from a2p's own code."""
+    from a2p.models.lip import sinusoidal_table
+    from a2p.models.wav2vec1 import resample_kernel
+
+    overrides: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for key, shape in read_keys(name):
+        if key.endswith("resampler.kernel"):
+            overrides[key] = lambda _: resample_kernel().double()
+        elif key.endswith("positional_encoding.pe"):
+            overrides[key] = lambda _, shape=shape: sinusoidal_table(*shape).double()
+    return seeded_state_dict(read_keys(name), seed, overrides)
+
+
 def seeded_array(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
     """A float64 input array randn(shape) * scale from its own generator."""
     generator = torch.Generator().manual_seed(seed)

@@ -43,9 +43,8 @@ from a2p.models.wav2vec1 import (
 from tests.reference_weights import (
     assert_close_to_golden,
     read_golden,
-    read_keys,
     seeded_array,
-    seeded_state_dict,
+    seeded_front_end,
 )
 
 # As in make_audio.py.
@@ -58,25 +57,14 @@ FEATURE_STEP, VERTEX_STEP, CONDITION_STEP = 16, 13, 64
 PE_ROWS = [0, 1, 511, 1023]
 
 
-def _seeded(name: str, seed: int) -> dict[str, torch.Tensor]:
-    """The fixture's weights; buffers that are not weights come from a2p's own code."""
-    overrides = {}
-    for key, shape in read_keys(name):
-        if key.endswith("resampler.kernel"):
-            overrides[key] = lambda _: resample_kernel().double()
-        elif key.endswith("positional_encoding.pe"):
-            overrides[key] = lambda _, shape=shape: sinusoidal_table(*shape).double()
-    return seeded_state_dict(read_keys(name), seed, overrides)
-
-
 @pytest.fixture(scope="module")
 def audio_state() -> dict[str, torch.Tensor]:
-    return _seeded("audio", AUDIO_SEED)
+    return seeded_front_end("audio", AUDIO_SEED)
 
 
 @pytest.fixture(scope="module")
 def lip_state() -> dict[str, torch.Tensor]:
-    return _seeded("lip", LIP_SEED)
+    return seeded_front_end("lip", LIP_SEED)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

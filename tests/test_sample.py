@@ -173,3 +173,22 @@ def test_sampling_a_split_names_chunks_and_writes_plots_and_reference_results(
     np.testing.assert_allclose(
         body["motions"][:, :, 0].transpose(0, 2, 1), np.load(files / "a.npz")["body"], rtol=1e-6
     )
+
+
+def test_a_split_without_a_whole_chunk_is_refused_not_sampled_as_nothing(model_args, tmp_path, capsys):
+    """Scenes of 4 s hold no 600-frame chunk: sample and eval both say so instead of doing nothing."""
+    from a2p.cli.data import main as data_main
+    from a2p.cli.eval import main as eval_main
+
+    synth = ["synth", "--out", str(tmp_path / "raw"), "--scenes", "8", "--seconds", "4", "--seed", "1"]
+    assert data_main(synth) == 0
+    assert (
+        data_main(["build", "--src", str(tmp_path / "raw" / "PXB184"), "--out", str(tmp_path / "short")]) == 0
+    )
+    capsys.readouterr()
+    data = str(tmp_path / "short")
+    assert sample_main([*model_args, "--out", str(tmp_path / "out"), "--data", data, "--split", "test"]) == 2
+    message = "split 'test' has no whole 600-frame chunk to evaluate on (its longest window holds 120 frames)"
+    assert message in capsys.readouterr().err
+    assert eval_main(["--data", data, "--results", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err

@@ -56,8 +56,8 @@ from a2p.config.guide import guide_preset
 from a2p.config.vq import vq_preset
 from a2p.constants import FPS, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
 from a2p.errors import ConfigError
+from a2p.inference.frontend import FrontEnd
 from a2p.inference.pipeline import DEFAULT_GUIDANCE, GUIDE_TOP_P, Models, Pipeline
-from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import build_denoiser
 from a2p.models.export import Exported
 from a2p.models.guide import build_guide
@@ -119,25 +119,25 @@ def timed_models(models: Models, stopwatch: Stopwatch) -> Models:
 
 
 def time_a2p(
-    models: Models, featurizer: torch.nn.Module, audio: np.ndarray, setup: Setup, setting: str, seed: int
+    models: Models, front_end: FrontEnd, audio: np.ndarray, setup: Setup, setting: str, seed: int
 ) -> dict[str, float]:
     """Seconds per label of `Pipeline.sample` on one clip, under the a2p path's autocast."""
     stopwatch = Stopwatch(setup.device)
-    pipeline = Pipeline(timed_models(models, stopwatch), featurizer, setup.device)
+    pipeline = Pipeline(timed_models(models, stopwatch), front_end, setup.device)
     with stopwatch.lap(WALL), setup.autocast():
         pipeline.sample(audio, reps=setup.reps, setting=setting, seed=seed)
     return stopwatch.seconds()
 
 
 def reference_guides(
-    models: Models, featurizer: torch.nn.Module, audio: Tensor, reps: int, seed: int
+    models: Models, front_end: FrontEnd, audio: Tensor, reps: int, seed: int
 ) -> tuple[list[Tensor], dict[str, float]]:
     """Keyframe poses (1, K, 104) of each repetition in turn, as the reference made them, and the
     seconds per label they took."""
     stopwatch = Stopwatch(audio.device)
     keyframes = math.ceil(audio.shape[1] // SAMPLES_PER_FRAME / KEYFRAME_INTERVAL)
     guide = Timed(models.guide.model, stopwatch, {"encode_audio": GUIDE_AUDIO})
-    featurize = stopwatch.timed(GUIDE_AUDIO, featurizer)
+    featurize = stopwatch.timed(GUIDE_AUDIO, front_end.featurizer_for("guide"))
     guides = []
     with stopwatch.lap(WALL):
         for rep in range(reps):
@@ -153,7 +153,7 @@ def reference_guides(
 
 
 def time_reference_diffusion(
-    models: Models, featurizer: torch.nn.Module, audio: Tensor, guides: list[Tensor], setting: str, seed: int
+    models: Models, front_end: FrontEnd, audio: Tensor, guides: list[Tensor], setting: str, seed: int
 ) -> dict[str, float]:
     """Seconds per label of the reference's body (per repetition, its own guide) and face diffusion."""
     stopwatch = Stopwatch(audio.device)
@@ -163,7 +163,7 @@ def time_reference_diffusion(
             with stopwatch.lap(f"body {STEPS}"):
                 sample_motion_reference(
                     models.body.model,
-                    featurizer,
+                    front_end.featurizer_for("body"),
                     audio,
                     frames,
                     guide=guide,
@@ -174,7 +174,7 @@ def time_reference_diffusion(
         with stopwatch.lap(f"face {STEPS}"):
             sample_motion_reference(
                 models.face.model,
-                featurizer,
+                front_end.featurizer_for("face"),
                 audio,
                 frames,
                 reps=len(guides),
@@ -220,27 +220,32 @@ def bench(
 ) -> list[Row]:
     """A row per setting: both paths timed `repeats` times, taking turns, their fastest runs kept."""
     fast, eager = build_models(setup, compile_mode)
-    featurizer = build_featurizer(fast.featurizer).to(setup.device)
+    front_end = fast.front_end().to(setup.device)
     audio = setup.audio()  # (1, S, 2) on the device, for the reference path
     audio_host = audio[0].cpu().numpy()  # (S, 2), what `a2p sample` reads from a file
     warmup = with_steps(settings[0], WARMUP_STEPS)
     with torch.inference_mode():  # warm-ups, untimed, then the reference's guide stage, timed once
-        time_a2p(fast, featurizer, audio_host, setup, warmup, seed)
+        time_a2p(fast, front_end, audio_host, setup, warmup, seed)
         generator = torch.Generator(setup.device)
         generate_guide_reference(
-            eager.guide.model, featurizer, audio, 1, top_p=GUIDE_TOP_P, generator=generator
+            eager.guide.model,
+            front_end.featurizer_for("guide"),
+            audio,
+            1,
+            top_p=GUIDE_TOP_P,
+            generator=generator,
         )
         # the guide stage is setting-independent: counted in every row
-        guides, guide_seconds = reference_guides(eager, featurizer, audio, setup.reps, seed)
-        time_reference_diffusion(eager, featurizer, audio, guides[:1], warmup, seed)
+        guides, guide_seconds = reference_guides(eager, front_end, audio, setup.reps, seed)
+        time_reference_diffusion(eager, front_end, audio, guides[:1], warmup, seed)
         rows = []
         for setting in settings:
             run, timed_steps, steps = timed_setting(setting, measure_steps)
             a2p_runs, reference_runs = [], []
             for _ in range(repeats):  # the paths take turns, so a change of machine load slows both alike
-                a2p = time_a2p(fast, featurizer, audio_host, setup, run, seed)
+                a2p = time_a2p(fast, front_end, audio_host, setup, run, seed)
                 a2p_runs.append(PathTiming(a2p, timed_steps, steps))
-                reference = time_reference_diffusion(eager, featurizer, audio, guides, run, seed)
+                reference = time_reference_diffusion(eager, front_end, audio, guides, run, seed)
                 reference = {**guide_seconds, **reference, WALL: guide_seconds[WALL] + reference[WALL]}
                 reference_runs.append(PathTiming(reference, timed_steps, steps))
             rows.append(Row(setting, fastest_run(a2p_runs), fastest_run(reference_runs)))

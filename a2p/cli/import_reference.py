@@ -19,16 +19,15 @@ import sys
 from pathlib import Path
 
 from a2p.cli.common import reports_errors, setup_logging
+from a2p.config.audio import REFERENCE_FEATURIZERS
 from a2p.config.core import to_dict
 from a2p.config.vq import vq_preset
 from a2p.data.person_stats import load_person_stats
+from a2p.inference.frontend import check_reference_front_end
 from a2p.models.export import FRONTEND_PREFIX, write_export
 from a2p.models.keymap.release import DESCRIPTIONS, convert_release
 from a2p.models.keymap.vq import read_vq_checkpoint
 from a2p.models.torch_files import load_torch_file
-
-FEATURIZERS = {"face": "vq-wav2vec+lip", "body": "vq-wav2vec", "guide": "vq-wav2vec"}
-"""The reference's audio features per model: vq-wav2vec (1024) and, for the face, lip vertices (+1014)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         path = getattr(args, name)
         container = load_torch_file(path, what=DESCRIPTIONS[name])
         converted = convert_release(container, name, str(path))
+        check_reference_front_end(converted.audio, REFERENCE_FEATURIZERS[name], str(path))
         tensors = converted.tensors | {FRONTEND_PREFIX + k: v for k, v in converted.audio.items()}
-        config = {"model": to_dict(converted.config), "featurizer": FEATURIZERS[name]}
+        config = {"model": to_dict(converted.config), "featurizer": REFERENCE_FEATURIZERS[name]}
         exports[name] = (tensors, config)
     exports["vq"] = (read_vq_checkpoint(args.vq), {"model": to_dict(vq_preset("paper"))})
     for name, (tensors, config) in exports.items():

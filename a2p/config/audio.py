@@ -26,6 +26,16 @@ FEATURE_DIMS: dict[str, int] = {
 }
 """Feature width (both channels side by side) of each featurizer."""
 
+REFERENCE_FEATURIZERS: dict[str, str] = {
+    "face": "vq-wav2vec+lip",
+    "body": "vq-wav2vec",
+    "guide": "vq-wav2vec",
+}
+"""The reference's audio condition per model, as an `a2p import-reference` export names it:
+vq-wav2vec's extractor (1024 wide, 1998 frames per 600 motion frames) and, for the face, the lip
+regressor's vertices too (+1014). Run on a clip (or a window) by `a2p.inference.frontend`; they
+have no fixed frame rate, so they are never stored in shards."""
+
 
 @dataclass
 class AudioConfig:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from a2p.constants import CROP_MAX_FRAMES
+from a2p.errors import DataError
 
 EVAL_CHUNK_FRAMES = CROP_MAX_FRAMES
 """Frames per evaluation chunk (the reference's 600)."""
@@ -27,7 +28,9 @@ def iter_split_chunks(
         features=False, normalize=False, pad_ranks=False,
     )  # fmt: skip
     covered: dict[str, int] = {}
+    longest = 0
     for batch in loader:
+        longest = max(longest, int(batch["length"][0]))
         if int(batch["length"][0]) < chunk:
             continue
         scene, window_start = str(batch["key"][0]).rsplit("_", 1)
@@ -36,3 +39,8 @@ def iter_split_chunks(
             continue
         covered[scene] = first + chunk
         yield f"{scene}_{first:06d}", first, batch
+    if not covered:
+        raise DataError(
+            f"{shard_dir}: split {split!r} has no whole {chunk}-frame chunk to evaluate on "
+            f"(its longest window holds {longest} frames); build it from longer scenes"
+        )

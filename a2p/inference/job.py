@@ -146,7 +146,7 @@ def run(
     models = pipeline.models
     check_run_record(out_dir, run_record(models, settings), write=rank == 0)
     if pipeline.windowing != settings.windowing:
-        pipeline = Pipeline(models, pipeline.featurizer, device, settings.windowing)
+        pipeline = Pipeline(models, pipeline.front_end, device, settings.windowing)
     summary = Summary()
     names: list[str] = []
     sources: dict[str, str] = {}

@@ -19,7 +19,7 @@ import torch
 
 from a2p.constants import CROP_MAX_FRAMES, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
 from a2p.errors import A2PError
-from a2p.models.audio import featurize_long
+from a2p.inference.frontend import FrontEnd, build_front_end
 from a2p.models.export import Exported, load_export
 from a2p.sampling import repetition_generators, sample_motion
 from a2p.sampling.windows import DEFAULT_OVERLAP, AllReduce, WindowPlan, generate_keyframe_codes
@@ -48,17 +48,6 @@ class Models:
         loaded = {name: load_export(path, expect_task=name) for name, path in paths.items()}
         for exported in loaded.values():
             exported.model.to(device).requires_grad_(False)
-        featurizers = {
-            name: loaded[name].config.get("featurizer", "mel") for name in ("face", "body", "guide")
-        }
-        reference = [name for name, featurizer in featurizers.items() if featurizer.startswith("vq-wav2vec")]
-        if reference:
-            raise A2PError(
-                f"{paths[reference[0]]}: an `a2p import-reference` export; sampling the "
-                "reference's models needs its vq-wav2vec (+ lip) audio front end, which a2p sample does not run yet"
-            )
-        if len(set(featurizers.values())) != 1:
-            raise A2PError(f"the face, body and guide models use different featurizers: {featurizers}")
         vq_config, guide_config = loaded["vq"].model.config, loaded["guide"].model.config
         if (vq_config.codes, vq_config.levels) != (guide_config.codes, guide_config.levels):
             raise A2PError(
@@ -66,9 +55,9 @@ class Models:
             )
         return cls(**loaded, paths=paths)
 
-    @property
-    def featurizer(self) -> str:
-        return self.face.config.get("featurizer", "mel")
+    def front_end(self) -> FrontEnd:
+        """The audio front end the face, body and guide models read (`a2p.inference.frontend`)."""
+        return build_front_end({"face": self.face, "body": self.body, "guide": self.guide}, self.paths)
 
 
 def _moments(stats: dict | None, key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -118,13 +107,15 @@ class PreparedClip:
     """Frames sampled: `frames`, padded to whole keyframes when the clip is windowed."""
     plan: WindowPlan | None
     """Its windows, when it is longer than one."""
-    features: torch.Tensor
-    """(1, F, C) features of the (padded) audio."""
+    features: dict[str, torch.Tensor]
+    """Per model ("face", "body", "guide"): (1, F, C) features of the (padded) audio, or, when
+    `per_window`, (windows, F_w, C): each window featurized alone."""
+    per_window: bool = False
 
 
 @torch.no_grad()
 def prepare_clip(
-    featurizer: torch.nn.Module, audio: np.ndarray, windowing: Windowing, device: torch.device
+    front_end: FrontEnd, audio: np.ndarray, windowing: Windowing, device: torch.device
 ) -> PreparedClip:
     """Featurize a clip once; a clip longer than a window is padded to whole keyframes and planned."""
     frames = audio.shape[0] // SAMPLES_PER_FRAME
@@ -133,9 +124,14 @@ def prepare_clip(
         padded = math.ceil(frames / KEYFRAME_INTERVAL) * KEYFRAME_INTERVAL
         audio = np.pad(audio, ((0, (padded - frames) * SAMPLES_PER_FRAME), (0, 0)))
         plan = WindowPlan.build(padded, windowing.window, windowing.overlap)
-    with torch.autocast(device.type, enabled=False):  # features in float32 even under --bf16
-        features = featurize_long(featurizer, torch.from_numpy(audio)[None].to(device))
-    return PreparedClip(frames, audio.shape[0] // SAMPLES_PER_FRAME, plan, features)
+    waveform = torch.from_numpy(audio)[None].to(device)
+    length = audio.shape[0] // SAMPLES_PER_FRAME
+    if plan is None or not front_end.per_window:
+        return PreparedClip(frames, length, plan, front_end(waveform))
+    span = plan.window * SAMPLES_PER_FRAME
+    windows = [front_end(waveform[:, s * SAMPLES_PER_FRAME :][:, :span]) for s in plan.starts]
+    features = {role: torch.cat([w[role] for w in windows]) for role in windows[0]}
+    return PreparedClip(frames, length, plan, features, per_window=True)
 
 
 @torch.no_grad()
@@ -161,8 +157,10 @@ def sample_part(
     (len(reps), clip.length, D) replaces x_T; `keyframes` (len(reps), K, 104), normalized as the
     body, replaces the guide's (the reference's evaluation with ground-truth guide poses).
     """
-    frames, features = clip.frames, clip.features
-    window_args = {"plan": clip.plan, "window_batch": windowing.batch, **vars(sharing)}
+    frames, features = clip.frames, clip.features[part]
+    window_args = {
+        "plan": clip.plan, "window_batch": windowing.batch, "per_window": clip.per_window, **vars(sharing)
+    }  # fmt: skip
     scale = DEFAULT_GUIDANCE[part] if guidance is None else guidance
     if part == "face":
         face = sample_motion(
@@ -175,7 +173,7 @@ def sample_part(
     if keyframes is not None:
         guide = keyframes.to(device)
     else:
-        guide = _guide_keyframes(models, features, clip, reps, seed, device)  # (reps, K, 104) normalized
+        guide = _guide_keyframes(models, clip, reps, seed, device)  # (reps, K, 104) normalized
     body = sample_motion(
         models.body.model, features, clip.length, guide=guide, reps=len(reps), setting=setting,
         guidance=scale, generators=repetition_generators(seed, reps, device), noise=noise, **window_args,
@@ -189,7 +187,6 @@ def sample_part(
 
 def _guide_keyframes(
     models: Models,
-    features: torch.Tensor,
     clip: PreparedClip,
     reps: list[int],
     seed: int,
@@ -197,19 +194,21 @@ def _guide_keyframes(
 ) -> torch.Tensor:
     """Keyframe poses (reps, K, 104) from the guide's tokens, decoded by the VQ; normalized as the body."""
     token_generators = [torch.Generator(device=device).manual_seed(seed * 7919 + rep) for rep in reps]
-    rows = features.expand(len(reps), *features.shape[1:])
+    features = clip.features["guide"]
     if clip.plan is None:
         count = math.ceil(clip.frames / KEYFRAME_INTERVAL)
+        rows = features.expand(len(reps), *features.shape[1:])
         codes = models.guide.model.generate(rows, count, top_p=GUIDE_TOP_P, generator=token_generators)
     else:
         codes = generate_keyframe_codes(
-            models.guide.model, rows, clip.plan, top_p=GUIDE_TOP_P, generator=token_generators
-        )
+            models.guide.model, features, clip.plan, top_p=GUIDE_TOP_P, generator=token_generators,
+            per_window=clip.per_window,
+        )  # fmt: skip
     return models.vq.model.decode_codes(codes)
 
 
 class Pipeline:
-    """Audio in, face and body motion out: the four exported models and their featurizer on a device.
+    """Audio in, face and body motion out: the four exported models and their audio front end on a device.
 
     The public way to sample programmatically (`a2p sample` runs the same class over files and
     ranks)::
@@ -223,14 +222,19 @@ class Pipeline:
     def __init__(
         self,
         models: Models,
-        featurizer: torch.nn.Module,
+        front_end: FrontEnd,
         device: torch.device | str = "cpu",
         windowing: Windowing = Windowing(),
     ) -> None:
         self.models = models
         self.device = torch.device(device)
-        self.featurizer = featurizer.to(self.device)
+        self.front_end = front_end.to(self.device)
         self.windowing = windowing
+        if front_end.max_frames is not None and windowing.window > front_end.max_frames:
+            raise A2PError(
+                f"a window of {windowing.window} frames is longer than these models read at once "
+                f"({front_end.max_frames} frames, {models.paths.get('face', 'the face model')}): use --window {front_end.max_frames} or less"
+            )
 
     @classmethod
     def from_exports(
@@ -243,16 +247,14 @@ class Pipeline:
         device: torch.device | str = "cpu",
         windowing: Windowing = Windowing(),
     ) -> Pipeline:
-        """Load the four exports (checked to fit together) and build their featurizer on `device`."""
-        from a2p.models.audio import build_featurizer
-
+        """Load the four exports (checked to fit together) and build their audio front end on `device`."""
         device = torch.device(device)
         models = Models.load(str(face), str(body), str(guide), str(vq), device)
-        return cls(models, build_featurizer(models.featurizer), device, windowing)
+        return cls(models, models.front_end(), device, windowing)
 
     def prepare(self, audio: np.ndarray) -> PreparedClip:
         """Featurize a clip (samples, 2) once for both parts."""
-        return prepare_clip(self.featurizer, audio, self.windowing, self.device)
+        return prepare_clip(self.front_end, audio, self.windowing, self.device)
 
     @torch.no_grad()
     def sample(

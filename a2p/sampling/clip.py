@@ -43,13 +43,15 @@ def sample_motion(
     all_reduce: AllReduce | None = None,
     window_batch: int = 8,
     noise: Tensor | None = None,
+    per_window: bool = False,
 ) -> Tensor:
     """(reps, frames, D) motion for one clip: features (1, F, C) at 100 Hz, guide (1 or reps, K, D_guide).
 
     `generators` (one per repetition) overrides the ones derived from `seed`; `noise`
     (reps, frames, D), in the diffusion's normalized units, replaces the x_T they would draw. With a `plan` of
     several windows the clip is denoised as overlapping windows (`a2p.sampling.windows`), which
-    `rank` of `world_size` share through `all_reduce`.
+    `rank` of `world_size` share through `all_reduce`; its windows' features are sliced from the
+    clip's, or, with `per_window`, `features` (windows, F_w, C) are each window's own.
     """
     device = features.device
     parsed, schedule = setting_schedule(setting, device)
@@ -58,7 +60,7 @@ def sample_motion(
     if plan is not None and plan.count > 1:
         if plan.frames != frames:
             raise ValueError(f"the window plan covers {plan.frames} frames, the clip has {frames}")
-        condition = encode_windows(denoiser, features, guide, plan, reps, window_batch)
+        condition = encode_windows(denoiser, features, guide, plan, reps, window_batch, per_window)
         denoise = WindowedDenoiser(
             denoiser, condition, plan, reps, rank=rank, world_size=world_size, all_reduce=all_reduce,
             window_batch=window_batch,
@@ -124,11 +126,18 @@ def run_setting(
 
 
 def encode_windows(
-    denoiser: Denoiser, features: Tensor, guide: Tensor | None, plan: WindowPlan, reps: int, batch: int
+    denoiser: Denoiser,
+    features: Tensor,
+    guide: Tensor | None,
+    plan: WindowPlan,
+    reps: int,
+    batch: int,
+    per_window: bool = False,
 ) -> Condition:
     """The condition of every window (rows i), or of every (repetition, window) (rows r * count + i)
-    when each repetition has its own guide; encoded `batch` rows at a time, once per clip."""
-    audio = plan.slice_features(features)  # (count, F_w, C)
+    when each repetition has its own guide; encoded `batch` rows at a time, once per clip.
+    `features` are the clip's (1, F, C), or with `per_window` each window's (count, F_w, C)."""
+    audio = features if per_window else plan.slice_features(features)  # (count, F_w, C)
     keyframes = None
     if guide is not None:
         keyframes = plan.slice_keyframes(guide.expand(reps, *guide.shape[1:]))  # (reps * count, K_w, D)

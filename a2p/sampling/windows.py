@@ -232,23 +232,30 @@ def generate_keyframe_codes(
     *,
     top_p: float,
     generator: list[torch.Generator],
+    per_window: bool = False,
 ) -> Tensor:
     """Codes (B, K, L) of a long clip's keyframes, window by window, each continuing the last.
 
-    features (B, F, C) cover the whole clip. Every window generates its keyframes after those its
+    features (1 or B, F, C) cover the whole clip, or, with `per_window`, (count, F_w, C) are each
+    window's own; B = len(generator). Every window generates its keyframes after those its
     overlap with earlier windows already holds (passed as the prefix).
     """
+    batch = len(generator)
     keyframes = plan.frames // KEYFRAME_INTERVAL
-    per_window = plan.window // KEYFRAME_INTERVAL
+    window_keyframes = plan.window // KEYFRAME_INTERVAL
     codes: Tensor | None = None
-    for start in plan.starts:
+    for index, start in enumerate(plan.starts):
         first = start // KEYFRAME_INTERVAL
         have = 0 if codes is None else codes.shape[1]
-        end = min(first + per_window, keyframes)
+        end = min(first + window_keyframes, keyframes)
         if end <= have:
             continue
         prefix = codes[:, first:have] if codes is not None and have > first else None
-        window_features = features[:, feature_frames(start) : feature_frames(start + plan.window)]
+        if per_window:
+            window_features = features[index : index + 1]
+        else:
+            window_features = features[:, feature_frames(start) : feature_frames(start + plan.window)]
+        window_features = window_features.expand(batch, *window_features.shape[1:])
         new = guide.generate(window_features, end - have, top_p=top_p, generator=generator, prefix=prefix)
         codes = new if codes is None else torch.cat((codes, new), dim=1)
     assert codes is not None
