@@ -1,4 +1,4 @@
-"""`a2p bench sample` runs end to end on the debug sizes, and its extrapolation adds up."""
+"""`a2p bench sample` runs end to end, both paths give the same first-step x0, and its extrapolation adds up."""
 
 import re
 
@@ -17,6 +17,15 @@ def summary_row(out: str, setting: str, figures: str) -> tuple[float, float, flo
     row = re.search(rf"^{setting}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x\s+{figures}$", out, re.M)
     assert row, out
     return tuple(float(g) for g in row.groups())
+
+
+def x0_errors(out: str) -> dict[str, float]:
+    """The printed first-step max |x0 a2p - x0 reference| / std per denoiser."""
+    line = re.search(
+        r"max \|x0 a2p - x0 reference\| / std\(x0 reference\): body (\S+), face (\S+)$", out, re.M
+    )
+    assert line, out
+    return {"body": float(line.group(1)), "face": float(line.group(2))}
 
 
 def test_extrapolation_keeps_the_once_part_and_scales_the_steps():
@@ -45,6 +54,18 @@ def test_bench_sample_debug_prints_a_row_per_setting_with_its_ratio(capsys):
         for path in (rf"^{setting}\s+a2p", r"^\s+reference"):
             rows = re.findall(path + rf"\s+{NUMBER}" * 6 + "$", out, re.M)
             assert rows and all(float(x) > 0 for row in rows for x in row), out
+    # float32 on both paths: the same x0 up to rounding (1e-4 of its std, the equivalence bound)
+    assert max(x0_errors(out).values()) < 1e-4
+
+
+def test_the_paper_preset_runs_the_reference_front_end_on_both_paths(capsys):
+    """The released architecture with vq-wav2vec and the lip regressor: the same first-step x0."""
+    args = "--preset paper --seconds 1 --reps 1 --device cpu --settings ddim2 --measure-steps 1".split()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Audio front end (the reference's, random weights): vq-wav2vec's extractor" in out
+    assert summary_row(out, "ddim2", "extrapolated from 1 of 2 steps")[2] > 1
+    assert max(x0_errors(out).values()) < 1e-4
 
 
 def test_a_full_run_agrees_with_the_extrapolation_from_fewer_steps(capsys):

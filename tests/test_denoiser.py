@@ -1,7 +1,5 @@
 """Face/body denoisers: shapes, cached conditions, classifier-free guidance rows, causality, training, sizes."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -200,11 +198,10 @@ def test_trains_down_on_a_tiny_batch(model):
     assert sum(losses[-5:]) / 5 < 0.4 * sum(losses[:5]) / 5, losses
 
 
-PAPER_PARAMETERS = {"face": 47_120_128, "body": 12_667_928}
+A2P_PARAMETERS = {"face": 47_120_128, "body": 12_667_928}
+"""The `a2p` preset: the paper's sizes with one shared null token and mel features."""
 REFERENCE_PARAMETERS = {"face": 49_104_128, "body": 13_405_208}
 """Trainable parameters of the reference's FiLMTransformer (frozen wav2vec and lip model excluded)."""
-REFERENCE_AUDIO_DIM = {"face": 1024 + 338 * 3, "body": 1024}
-"""The reference conditions on vq-wav2vec (2 x 512), plus lip vertices (338 x 3) for the face."""
 
 
 def count(config: DenoiserConfig) -> int:
@@ -213,14 +210,16 @@ def count(config: DenoiserConfig) -> int:
 
 
 @pytest.mark.parametrize("name", ["face", "body"])
-def test_paper_parameter_counts_match_the_reference(name):
-    config = denoiser_preset(name, "paper")
-    assert count(config) == PAPER_PARAMETERS[name]
-    # With the reference's audio width and its per-position null tokens (1998 audio tokens,
-    # 20 keyframes) instead of one shared null token, the count is the reference's exactly.
-    extra_nulls = (1998 - 1) * config.width + (20 - 1) * config.width * (config.guide_dim > 0)
-    as_reference = dataclasses.replace(config, audio_dim=REFERENCE_AUDIO_DIM[name])
-    assert count(as_reference) + extra_nulls == REFERENCE_PARAMETERS[name]
+def test_parameter_counts_of_the_paper_and_a2p_presets(name):
+    """`paper` has the reference's count exactly; `a2p` differs by its audio width (mel 160 against
+    vq-wav2vec 1024, + 1014 lip for the face) and its one shared null token (against 1998 audio
+    tokens and 20 keyframes)."""
+    paper, a2p = denoiser_preset(name, "paper"), denoiser_preset(name, "a2p")
+    assert count(paper) == REFERENCE_PARAMETERS[name]
+    assert count(a2p) == A2P_PARAMETERS[name]
+    extra_nulls = (1998 - 1) * paper.width + (20 - 1) * paper.width * (paper.guide_dim > 0)
+    extra_audio = (paper.audio_dim - a2p.audio_dim) * paper.width
+    assert count(a2p) + extra_nulls + extra_audio == count(paper)
 
 
 def test_presets_round_trip_and_bad_values_fail():

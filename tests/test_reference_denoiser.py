@@ -31,15 +31,15 @@ AUDIO_DIMS = {"face": 2038, "body": 1024}
 
 
 def reference_config(name: str):
-    """The released model's architecture: the reference's positions and positional null tokens."""
+    """The released model's architecture: the paper preset (the reference's positions and
+    positional null tokens, vq-wav2vec (+ lip) audio widths)."""
     config = denoiser_preset(name, "paper")
-    return dataclasses.replace(
-        config,
-        audio_dim=AUDIO_DIMS[name],
-        positions="reference",
-        null_audio_tokens=1998,
-        null_guide_tokens=20 if config.guide_dim else 1,
+    assert (config.audio_dim, config.positions, config.null_audio_tokens) == (
+        AUDIO_DIMS[name],
+        "reference",
+        1998,
     )
+    return config
 
 
 def reference_model(name: str, dtype: torch.dtype = torch.float64) -> Denoiser:

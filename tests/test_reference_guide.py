@@ -9,8 +9,6 @@ rebuilt here, converted by a2p's key map, loaded strictly and run through a2p.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from reference_weights import assert_close_to_golden, read_golden, read_keys, seeded_array, seeded_state_dict
@@ -23,15 +21,12 @@ AUDIO_FRAMES, KEYFRAMES, LEVELS = 147, 3, 4
 
 
 def reference_config():
-    return dataclasses.replace(
-        guide_preset("paper"),
-        audio_dim=1024,
-        positions="reference",
-        audio_padding="valid",
-        level_embedding=False,
-        out_norm=False,
-        null_audio_tokens=1998,
-    )
+    """The released guide: the paper preset."""
+    config = guide_preset("paper")
+    expected = (1024, "reference", "valid", False, False, 1998)
+    assert (config.audio_dim, config.positions, config.audio_padding, config.level_embedding,
+            config.out_norm, config.null_audio_tokens) == expected  # fmt: skip
+    return config
 
 
 def reference_guide(dtype: torch.dtype = torch.float64) -> GuideTransformer:

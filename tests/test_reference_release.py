@@ -11,6 +11,8 @@ import pytest
 import torch
 from reference_weights import read_keys, seeded_state_dict
 
+from a2p.config.denoiser import denoiser_preset
+from a2p.config.guide import guide_preset
 from a2p.errors import DataError
 from a2p.models.denoiser import Denoiser
 from a2p.models.guide import GuideTransformer
@@ -40,6 +42,7 @@ def test_diffusion_files_convert_to_the_released_architecture(name):
         "body": (256, 6, 1024),
     }[name]
     assert config.positions == "reference" and config.null_audio_tokens == 1998
+    assert config == denoiser_preset(name, "paper")  # the paper preset is the released architecture
     assert config.guide_dim == (104 if name == "body" else 0)
     Denoiser(config).load_state_dict(converted.tensors, strict=True)
     assert list(converted.audio) == list(FRONT_END)
@@ -50,6 +53,7 @@ def test_guide_file_converts():
     c = converted.config
     assert (c.width, c.layers, c.codes, c.audio_dim, len(c.audio_dilations)) == (64, 6, 1024, 1024, 12)
     GuideTransformer(c).load_state_dict(converted.tensors, strict=True)
+    assert c == guide_preset("paper")
 
 
 def test_wrong_files_are_refused_by_what_they_hold():

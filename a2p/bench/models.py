@@ -387,7 +387,9 @@ def threads_and_seed(threads: int | None, seed: int) -> Iterator[None]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2p bench models", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to measure")
-    parser.add_argument("--preset", default="paper", choices=["paper", "debug"], help="model sizes")
+    parser.add_argument(
+        "--preset", default="a2p", choices=["a2p", "debug"], help="a2p: its models at the paper's sizes"
+    )
     parser.add_argument("--frames", type=int, default=8 * FPS, help="clip length in frames (240 = 8 s)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions sampled together (the reference: 3)")
     parser.add_argument("--steps", type=int, default=5, help="timed calls per path, after one warm-up")

@@ -1,6 +1,6 @@
 """`a2p bench parallel`: what parallel-in-time DDIM (`paraddimN`) buys: sequential model calls saved, compute spent.
 
-    a2p bench parallel [--face EXPORT | --preset debug|paper] [--seconds 8] [--reps 3]
+    a2p bench parallel [--face EXPORT | --preset debug|a2p] [--seconds 8] [--reps 3]
                        [--settings ddim500 ddim100] [--windows 16 64] [--tolerance 1e-3]
 
 For one clip's face diffusion (guidance 10, all repetitions batched) it runs sequential DDIM and
@@ -32,7 +32,7 @@ from a2p.sampling.windows import feature_frames
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2p bench parallel", description=__doc__.splitlines()[0])
     parser.add_argument("--face", help="a trained face export (default: random weights of --preset)")
-    parser.add_argument("--preset", default="debug", choices=("debug", "paper"))
+    parser.add_argument("--preset", default="debug", choices=("debug", "a2p"))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=["ddim500", "ddim100"])

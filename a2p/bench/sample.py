@@ -51,19 +51,22 @@ from a2p.bench.sample_report import (
     render,
 )
 from a2p.bench.timing import Stopwatch, Timed
+from a2p.config.audio import REFERENCE_FEATURIZERS
 from a2p.config.denoiser import denoiser_preset
 from a2p.config.guide import guide_preset
 from a2p.config.vq import vq_preset
 from a2p.constants import FPS, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
 from a2p.errors import ConfigError
-from a2p.inference.frontend import FrontEnd
+from a2p.inference.frontend import FrontEnd, ReferenceFeatures, SharedFeatures
 from a2p.inference.pipeline import DEFAULT_GUIDANCE, GUIDE_TOP_P, Models, Pipeline
+from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import build_denoiser
 from a2p.models.export import Exported
 from a2p.models.guide import build_guide
 from a2p.models.vq import build_vq
-from a2p.sampling.reference import generate_guide_reference, sample_motion_reference
-from a2p.sampling.settings import SamplerSetting
+from a2p.sampling.clip import clip_model
+from a2p.sampling.reference import generate_guide_reference, reference_model, sample_motion_reference
+from a2p.sampling.settings import SamplerSetting, setting_schedule
 
 DEFAULT_SETTINGS = ("ddim500", "dpmpp25")
 CPU_MEASURE_STEPS = 5
@@ -78,9 +81,12 @@ def build_models(setup: Setup, compile_mode: str | None) -> tuple[Models, Models
     Both hold the same weights; the a2p path's denoisers are compiled when `compile_mode` is set.
     """
 
+    reference = setup.preset == "paper"
+
     def exported(task: str, model: torch.nn.Module) -> Exported:
         model = model.to(setup.device).eval().requires_grad_(False)
-        return Exported(task, {"featurizer": "mel"}, model, step=0, weights="random")
+        featurizer = REFERENCE_FEATURIZERS.get(task, "") if reference else "mel"
+        return Exported(task, {"featurizer": featurizer}, model, step=0, weights="random")
 
     eager = Models(
         face=exported("face", build_denoiser(denoiser_preset("face", setup.preset))),
@@ -95,6 +101,50 @@ def build_models(setup: Setup, compile_mode: str | None) -> tuple[Models, Models
         eager, **{m: dataclasses.replace(getattr(eager, m), model=compiled[m]) for m in DENOISERS}
     )
     return fast, eager
+
+
+def build_front_end(setup: Setup) -> FrontEnd:
+    """The audio front end of the preset's models, random weights: the reference's (vq-wav2vec, and
+    the lip regressor for the face) for `paper`, a2p's mel featurizer otherwise."""
+    front_end = (
+        ReferenceFeatures.random() if setup.preset == "paper" else SharedFeatures(build_featurizer("mel"))
+    )
+    return front_end.to(setup.device).eval()
+
+
+def first_step_x0(
+    fast: Models,
+    eager: Models,
+    front_end: FrontEnd,
+    audio: Tensor,
+    guides: list[Tensor],
+    setup: Setup,
+    setting: str,
+    seed: int,
+) -> dict[str, float]:
+    """max |x0 a2p - x0 reference| / std(x0 reference) of each denoiser at the first step of `setting`,
+    from the same x_T: a2p's condition encoded once with CFG rows batched (under its autocast), the
+    reference's featurizing and encoding in the call, each repetition alone, two passes."""
+    _, schedule = setting_schedule(setting, setup.device)
+    reps, frames = len(guides), audio.shape[1] // SAMPLES_PER_FRAME
+    features = front_end(audio)
+    generator = torch.Generator().manual_seed(seed)
+    errors = {}
+    for part in DENOISERS:
+        fast_model, model = getattr(fast, part).model, getattr(eager, part).model
+        guide = torch.cat(guides) if part == "body" else None
+        x_t = torch.randn(reps, frames, model.config.motion_dim, generator=generator).to(setup.device)
+        t = schedule.timesteps[-1:].expand(reps)
+        with setup.autocast():
+            a2p = clip_model(fast_model, features[part], guide, reps, DEFAULT_GUIDANCE[part])(x_t, t).float()
+        featurize = front_end.featurizer_for(part)
+        reference = torch.cat([
+            reference_model(model, featurize, audio, None if guide is None else guide[r : r + 1],
+                            DEFAULT_GUIDANCE[part])(x_t[r : r + 1], t[:1])
+            for r in range(reps)
+        ])  # fmt: skip
+        errors[part] = float((a2p - reference).abs().max() / reference.std())
+    return errors
 
 
 def timed_models(models: Models, stopwatch: Stopwatch) -> Models:
@@ -217,10 +267,11 @@ def bench(
     repeats: int,
     compile_mode: str | None,
     seed: int,
-) -> list[Row]:
-    """A row per setting: both paths timed `repeats` times, taking turns, their fastest runs kept."""
+) -> tuple[list[Row], dict[str, float]]:
+    """A row per setting: both paths timed `repeats` times, taking turns, their fastest runs kept;
+    and each denoiser's first-step x0 difference between the paths (`first_step_x0`)."""
     fast, eager = build_models(setup, compile_mode)
-    front_end = fast.front_end().to(setup.device)
+    front_end = build_front_end(setup)
     audio = setup.audio()  # (1, S, 2) on the device, for the reference path
     audio_host = audio[0].cpu().numpy()  # (S, 2), what `a2p sample` reads from a file
     warmup = with_steps(settings[0], WARMUP_STEPS)
@@ -237,6 +288,7 @@ def bench(
         )
         # the guide stage is setting-independent: counted in every row
         guides, guide_seconds = reference_guides(eager, front_end, audio, setup.reps, seed)
+        x0_errors = first_step_x0(fast, eager, front_end, audio, guides, setup, settings[0], seed)
         time_reference_diffusion(eager, front_end, audio, guides[:1], warmup, seed)
         rows = []
         for setting in settings:
@@ -249,12 +301,18 @@ def bench(
                 reference = {**guide_seconds, **reference, WALL: guide_seconds[WALL] + reference[WALL]}
                 reference_runs.append(PathTiming(reference, timed_steps, steps))
             rows.append(Row(setting, fastest_run(a2p_runs), fastest_run(reference_runs)))
-    return rows
+    return rows, x0_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2p bench sample", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="paper", choices=["paper", "debug"], help="model sizes")
+    parser.add_argument(
+        "--preset",
+        default="paper",
+        choices=["paper", "a2p", "debug"],
+        help="paper: the released architecture and the reference's audio front end; a2p: a2p's models "
+        "at the paper's sizes (mel features); debug: tiny",
+    )
     parser.add_argument("--seconds", type=int, default=8, help="clip length in whole seconds")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per clip (the reference: 3)")
     parser.add_argument(
@@ -315,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             generator=torch.Generator().manual_seed(args.seed),
         )
         load = os.getloadavg()[0]
-        rows = bench(
+        rows, x0_errors = bench(
             setup,
             args.settings,
             measure_steps=measure_steps,
@@ -325,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         loads = (load, os.getloadavg()[0])
         header = describe_run(setup, args.compile, torch.get_num_threads(), args.repeats, loads)
-    print(render(rows, setup, header))
+    print(render(rows, setup, header, x0_errors))
     return 0
 
 

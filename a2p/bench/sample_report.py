@@ -107,7 +107,21 @@ def describe_run(
     ]
 
 
-def render(rows: list[Row], setup: Setup, header: list[str]) -> str:
+def front_end_lines(preset: str) -> list[str]:
+    """What both paths featurize with, in the report's words."""
+    if preset == "paper":
+        return [
+            "Audio front end (the reference's, random weights): vq-wav2vec's extractor on each channel of the",
+            "waveform, and for the face the lip regressor (wav2vec large + its transformer); a2p runs them once",
+            "per clip, the reference in every pass of every step and for every guide token.",
+        ]
+    return [
+        "Both paths featurize with mel (a2p's models); the reference ran vq-wav2vec there (every step, every",
+        "token), so its real time per clip is higher: `--preset paper` runs the reference's front end.",
+    ]
+
+
+def render(rows: list[Row], setup: Setup, header: list[str], x0_errors: dict[str, float]) -> str:
     reps = setup.reps
     out = [
         *header,
@@ -156,8 +170,11 @@ def render(rows: list[Row], setup: Setup, header: list[str]) -> str:
         "every token)",
         "does not depend on the setting: it was timed once and counts in every row.",
         "other: featurizing the audio once (a2p), noise, sampler arithmetic, copies to the host; counted once.",
-        "Both paths featurize with mel; the reference ran a wav2vec conv encoder there (every step, every",
-        "token), so its real time per clip is higher than this reference-style loop's.",
+        *front_end_lines(setup.preset),
+        "First step of "
+        + rows[0].setting
+        + ", the same x_T, max |x0 a2p - x0 reference| / std(x0 reference): "
+        + ", ".join(f"{part} {error:.2g}" for part, error in x0_errors.items()),
     ]
     if any(SamplerSetting.parse(row.setting).sampler == PARALLEL_SAMPLER for row in rows):
         out += [

@@ -168,7 +168,9 @@ def _env() -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="a2p bench train", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--preset", default="paper", choices=["paper", "debug"])
+    parser.add_argument(
+        "--preset", default="a2p", choices=["a2p", "debug"], help="a2p: its models at the paper's sizes"
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2, help="timed optimizer steps per model and path")
     parser.add_argument("--threads", type=int, default=None)

@@ -26,6 +26,9 @@ FEATURE_DIMS: dict[str, int] = {
 }
 """Feature width (both channels side by side) of each featurizer."""
 
+REFERENCE_FEATURE_DIMS: dict[str, int] = {"vq-wav2vec": 1024, "vq-wav2vec+lip": 2038}
+"""Width of the reference's audio conditions: vq-wav2vec 2 x 512, plus 338 x 3 lip vertices."""
+
 REFERENCE_FEATURIZERS: dict[str, str] = {
     "face": "vq-wav2vec+lip",
     "body": "vq-wav2vec",

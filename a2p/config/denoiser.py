@@ -1,10 +1,12 @@
-"""Hyper-parameters of the face and body diffusion denoisers, with named `paper` and `debug` sizes.
+"""Hyper-parameters of the face and body diffusion denoisers, with named `paper`, `a2p` and `debug` presets.
 
 `paper` is the reference's configuration (facebookresearch/audio2photoreal, utils/model_util.py and
 the README's training commands): face width 512 x 8 layers, body width 256 x 6 layers, 8 heads,
 feed-forward 1024, dropout 0.1, gelu; the face passes its audio tokens through a 2-layer encoder;
 the body cross-attends to guide poses and ends in a causal dilated conv stack (dilations
-1, 2, 3, 1, 2, 3, first hidden width 256, dropout 0.2).
+1, 2, 3, 1, 2, 3, first hidden width 256, dropout 0.2); with its positional scheme, positional
+null tokens and the vq-wav2vec (+ lip) audio widths it is the released models' architecture.
+`a2p` keeps the sizes and makes a2p's choices instead (see `DENOISER_PRESETS`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from a2p.config.audio import FEATURE_DIMS
+from a2p.config.audio import FEATURE_DIMS, REFERENCE_FEATURE_DIMS
 from a2p.constants import FACE_DIM, POSE_DIM
 from a2p.errors import ConfigError
 
 DenoiserModel = Literal["face", "body"]
 """The two diffusion models."""
 
-DenoiserSize = Literal["paper", "debug"]
+DenoiserSize = Literal["paper", "a2p", "debug"]
 """Named sizes of each model."""
 
 Positions = Literal["time", "reference"]
@@ -98,8 +100,8 @@ class DenoiserConfig:
             raise ConfigError("denoiser dropout probabilities must lie in [0, 1)")
 
 
-_FACE_PAPER = DenoiserConfig()
-_BODY_PAPER = DenoiserConfig(
+_FACE_A2P = DenoiserConfig()
+_BODY_A2P = DenoiserConfig(
     motion_dim=POSE_DIM,
     width=256,
     layers=6,
@@ -107,18 +109,26 @@ _BODY_PAPER = DenoiserConfig(
     guide_dim=POSE_DIM,
     conv_head_dilations=(1, 2, 3, 1, 2, 3),
 )
+_REFERENCE = {"positions": "reference", "null_audio_tokens": 1998}
+"""The reference's positions and one null token per audio position (1998: a 600-frame window)."""
 
 DENOISER_PRESETS: dict[str, dict[str, DenoiserConfig]] = {
     "face": {
-        "paper": _FACE_PAPER,
+        "paper": dataclasses.replace(
+            _FACE_A2P, audio_dim=REFERENCE_FEATURE_DIMS["vq-wav2vec+lip"], **_REFERENCE
+        ),
+        "a2p": _FACE_A2P,
         "debug": dataclasses.replace(
-            _FACE_PAPER, width=32, layers=2, heads=2, ff_dim=64, audio_encoder_layers=1
+            _FACE_A2P, width=32, layers=2, heads=2, ff_dim=64, audio_encoder_layers=1
         ),
     },
     "body": {
-        "paper": _BODY_PAPER,
+        "paper": dataclasses.replace(
+            _BODY_A2P, audio_dim=REFERENCE_FEATURE_DIMS["vq-wav2vec"], null_guide_tokens=20, **_REFERENCE
+        ),
+        "a2p": _BODY_A2P,
         "debug": dataclasses.replace(
-            _BODY_PAPER,
+            _BODY_A2P,
             width=32,
             layers=2,
             heads=2,
@@ -128,7 +138,11 @@ DENOISER_PRESETS: dict[str, dict[str, DenoiserConfig]] = {
         ),
     },
 }
-"""Named sizes per model: `paper` (the reference's hyper-parameters) and a tiny `debug`."""
+"""Named configurations per model. `paper`: the reference's released architecture (its sizes,
+positions, positional null tokens and vq-wav2vec (+ lip) audio widths; what `a2p import-reference`
+builds). `a2p`: the same sizes with a2p's choices: time-aligned per-head rotary, so attention
+depends on time offsets only; one shared null token, so a window may be any length; mel
+features, which need no pretrained encoder. `debug`: tiny, a2p's choices, for tests and the demo."""
 
 
 def denoiser_preset(model: str, size: str) -> DenoiserConfig:

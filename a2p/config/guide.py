@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from a2p.config.audio import FEATURE_DIMS
+from a2p.config.audio import FEATURE_DIMS, REFERENCE_FEATURE_DIMS
 from a2p.config.denoiser import Positions
 from a2p.errors import ConfigError
 
@@ -90,13 +90,28 @@ class GuideConfig:
                 raise ConfigError(f"guide.{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
+_GUIDE_A2P = GuideConfig()
+
 GUIDE_PRESETS = {
-    "paper": GuideConfig(),
+    "paper": dataclasses.replace(
+        _GUIDE_A2P,
+        audio_dim=REFERENCE_FEATURE_DIMS["vq-wav2vec"],
+        positions="reference",
+        audio_padding="valid",
+        level_embedding=False,
+        out_norm=False,
+        null_audio_tokens=1998,
+    ),
+    "a2p": _GUIDE_A2P,
     "debug": GuideConfig(
         codes=16, levels=2, width=32, layers=2, heads=2, ff_dim=64, audio_width=32, audio_dilations=(1, 2)
     ),
 }
-"""`paper`: the reference's guide (width 64, 6 layers, over 4 x 1024 tokens); `debug`: tiny, matches the debug VQ."""
+"""`paper`: the reference's released guide (width 64, 6 layers, over 4 x 1024 tokens; its input
+rotary, unpadded audio convs, no level embedding or output norm, positional null tokens,
+vq-wav2vec features). `a2p`: the same sizes with a2p's choices (time-aligned rotary, padded convs
+that keep every audio frame, a level embedding and an output norm, one null token, mel
+features). `debug`: tiny, matches the debug VQ."""
 
 
 def guide_preset(size: str) -> GuideConfig:

@@ -64,9 +64,11 @@ class VQConfig:
 
 VQ_PRESETS = {
     "paper": VQConfig(),
+    "a2p": VQConfig(),
     "debug": VQConfig(width=16, dilations=(1, 2), code_dim=8, codes=16, levels=2, kmeans_iters=3),
 }
-"""`paper`: the reference's train_vq (4 levels x 1024 codes of width 64, 64-wide convs); `debug`: tiny."""
+"""`paper`: the reference's train_vq (4 levels x 1024 codes of width 64, 64-wide convs), which a2p's
+VQ computes exactly; `a2p`: the same (named so every model has the preset); `debug`: tiny."""
 
 
 def vq_preset(size: str) -> VQConfig:

@@ -18,17 +18,25 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from a2p.config.audio import REFERENCE_FEATURIZERS
-from a2p.constants import SAMPLES_PER_FRAME
+from a2p.constants import CROP_MAX_FRAMES, SAMPLES_PER_FRAME
 from a2p.errors import A2PError
 from a2p.models.audio import Featurizer, build_featurizer, featurize_long
 from a2p.models.export import Exported
 from a2p.models.lip import LIP_DIM, LipRegressor, lip_condition, lip_regressor_from_state
-from a2p.models.wav2vec1 import VQWav2VecFeatures, vq_wav2vec_features_from_state, vq_wav2vec_frames
+from a2p.models.wav2vec1 import (
+    VQ_WAV2VEC,
+    WAV2VEC_LARGE,
+    VQWav2VecFeatures,
+    build_wav2vec1,
+    vq_wav2vec_features_from_state,
+    vq_wav2vec_frames,
+)
 
 ROLES = ("face", "body", "guide")
 """The models that read audio, in the order their features are computed."""
@@ -92,6 +100,17 @@ class ReferenceFeatures(FrontEnd):
         self.lip_roles = lip_roles
         self.register_buffer("audio_mean", audio_mean.float().reshape(-1), persistent=False)
         self.register_buffer("audio_std", audio_std.float().reshape(-1), persistent=False)
+
+    @classmethod
+    def random(cls) -> ReferenceFeatures:
+        """The reference's front end with torch's random init and unit audio stats (for benches:
+        the cost does not depend on the weights)."""
+        extractor = VQWav2VecFeatures(
+            build_wav2vec1(replace(VQ_WAV2VEC, aggregator_layers=())).feature_extractor
+        )
+        lip = LipRegressor(build_wav2vec1(WAV2VEC_LARGE))
+        extractors = dict.fromkeys(ROLES, extractor)
+        return cls(extractors, lip, ("face",), torch.zeros(2), torch.ones(1), CROP_MAX_FRAMES)
 
     def forward(self, audio: Tensor) -> dict[str, Tensor]:
         return self.features(audio, ROLES)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from a2p.diffusion import guided_model, sample
+from a2p.diffusion import Model, guided_model, sample
 from a2p.models.denoiser import Denoiser
 from a2p.models.guide import Generators, GuideTransformer, draw_uniforms, sample_top_p
 from a2p.sampling.settings import repetition_generators, setting_schedule
@@ -44,20 +44,28 @@ def sample_motion_reference(
     parsed, schedule = setting_schedule(setting, device)
     sequential = "ddim" if parsed.sampler == "picard_ddim" else parsed.sampler
     outputs = []
+    model = reference_model(denoiser, featurize, audio, guide, guidance)
     for generator in repetition_generators(seed, reps, device):
-
-        def denoise(x_t: Tensor, t: Tensor, keep_mask: Tensor) -> Tensor:
-            features = featurize(audio)
-            keep = keep_mask[:1].expand(x_t.shape[0])
-            return denoiser(x_t, t, denoiser.encode_condition(features, guide, keep))
-
-        model = guided_model(denoise, guidance, batched=False)
         shape = (1, frames, denoiser.config.motion_dim)
         outputs.append(
             # the reference had no parallel-in-time sampler: paraddimN runs as plain DDIM here
             sample(model, schedule, shape, sampler=sequential, generator=[generator], device=device)
         )
     return torch.cat(outputs)
+
+
+def reference_model(
+    denoiser: Denoiser, featurize: Featurize, audio: Tensor, guide: Tensor | None, guidance: float
+) -> Model:
+    """The reference's guided `model(x_t, t)` of one repetition: every call featurizes the audio and
+    encodes the condition again, and runs the conditional and unconditional passes separately."""
+
+    def denoise(x_t: Tensor, t: Tensor, keep_mask: Tensor) -> Tensor:
+        features = featurize(audio)
+        keep = keep_mask[:1].expand(x_t.shape[0])
+        return denoiser(x_t, t, denoiser.encode_condition(features, guide, keep))
+
+    return guided_model(denoise, guidance, batched=False)
 
 
 @torch.no_grad()

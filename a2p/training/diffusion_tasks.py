@@ -290,12 +290,17 @@ def window_metrics(windows: list[EvalWindow], chunk: int) -> dict[str, float]:
 
 
 def _presets(model: str, **task_fields: Any) -> dict[str, DiffusionTaskConfig]:
-    """`paper`: the reference's sizes and independent dropout; `a2p`: the same sizes, joint dropout; `debug`: tiny."""
+    """`paper`: the reference's recipe and independent dropout; `a2p`: joint dropout; `debug`: tiny.
+
+    Both train the `a2p` model preset (the paper's sizes, a2p's positions and mel features): the
+    released architecture (`denoiser_preset(model, "paper")`) reads the reference's vq-wav2vec
+    (+ lip) front end, which the trainer does not run yet (`a2p import-reference` and `a2p
+    sample` do)."""
     return {
         "paper": DiffusionTaskConfig(
-            model=denoiser_preset(model, "paper"), cond_dropout="independent", **task_fields
+            model=denoiser_preset(model, "a2p"), cond_dropout="independent", **task_fields
         ),
-        "a2p": DiffusionTaskConfig(model=denoiser_preset(model, "paper"), **task_fields),
+        "a2p": DiffusionTaskConfig(model=denoiser_preset(model, "a2p"), **task_fields),
         "debug": DiffusionTaskConfig(model=denoiser_preset(model, "debug"), **task_fields),
     }
 

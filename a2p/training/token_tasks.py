@@ -66,7 +66,7 @@ class VQTask(Task):
     config_class = VQTaskConfig
     presets = {
         "paper": VQTaskConfig(model=vq_preset("paper"), crops="fixed"),
-        "a2p": VQTaskConfig(model=vq_preset("paper")),
+        "a2p": VQTaskConfig(model=vq_preset("a2p")),
         "debug": VQTaskConfig(model=vq_preset("debug")),
     }
     train_presets = _train_presets("vq")
@@ -127,8 +127,9 @@ class GuideTask(Task):
 
     config_class = GuideTaskConfig
     presets = {
-        "paper": GuideTaskConfig(model=guide_preset("paper"), crops="fixed"),
-        "a2p": GuideTaskConfig(model=guide_preset("paper")),
+        # a2p's guide architecture: the released one reads vq-wav2vec, not run by the trainer yet
+        "paper": GuideTaskConfig(model=guide_preset("a2p"), crops="fixed"),
+        "a2p": GuideTaskConfig(model=guide_preset("a2p")),
         "debug": GuideTaskConfig(model=guide_preset("debug")),
     }
     train_presets = _train_presets("guide")
