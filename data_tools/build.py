@@ -46,7 +46,9 @@ from a2p.data.format import (
     MANIFEST_NAME,
     Manifest,
 )
+from a2p.data.person_stats import STATS_FILENAME, load_person_stats, person_stats_path
 from a2p.errors import DataError
+from a2p.fileio import file_sha256
 from a2p.version import __version__
 from data_tools.encode import (
     EncodeJob,
@@ -140,6 +142,7 @@ def build(
         parts,
     )
 
+    person_units = read_person_units(src)
     all_scenes = find_scenes(src)
     scene_split = dict(zip((s.name for s in all_scenes), scene_splits(len(all_scenes))))
     # Part i of n takes the i-th of n contiguous runs of scenes.
@@ -155,7 +158,10 @@ def build(
                 "scenes": {s.name: scene_split[s.name] for s in scenes},
                 "num_scenes": len(all_scenes),
             },
-            sources={name: digest for s in summaries for name, digest in s.checksums.items()},
+            sources={
+                **{name: digest for s in summaries for name, digest in s.checksums.items()},
+                **person_units_checksum(src, person_units),
+            },
         )
         out.mkdir(parents=True, exist_ok=True)
         state = ResumeState.scan(out, index_range, identity, overwrite)
@@ -187,13 +193,15 @@ def build(
     state.remove_leftovers(keep={entry["name"] for entries in shards.values() for entry in entries})
 
     record = _part_record(settings, identity, summaries, scene_split, shards, features_info)
+    record.person_stats = person_units
     record.save(part_record_path(out, part, parts))
     logger.info(
-        "%s part %d of %d done: %s",
+        "%s part %d of %d done: %s; units: the train split's%s",
         person,
         part,
         parts,
         ", ".join(f"{split} {len(info['shards'])} shards" for split, info in record.splits.items()),
+        f" and the person's {STATS_FILENAME}" if person_units else f" only (no {STATS_FILENAME} in {src})",
     )
     if parts > 1:
         logger.info("when every part is done, run `a2p data merge %s`", out)
@@ -201,6 +209,20 @@ def build(
     from data_tools.merge import merge_parts
 
     return merge_parts(out)
+
+
+def read_person_units(folder: Path) -> dict[str, list[float]] | None:
+    """The folder's data_stats.pth as manifest lists (float64 kept exactly by JSON), or None.
+
+    A file that is there but unreadable or malformed is refused by name, before anything is built.
+    """
+    path = person_stats_path(folder)
+    return None if path is None else load_person_stats(path).to_lists()
+
+
+def person_units_checksum(folder: Path, units: dict[str, list[float]] | None) -> dict[str, str]:
+    """{data_stats.pth: sha256} when the folder has one, so a changed stats file is a changed source."""
+    return {} if units is None else {STATS_FILENAME: file_sha256(folder / STATS_FILENAME)}
 
 
 def _part_record(

@@ -318,6 +318,8 @@ class PartRecord:
     """Moments of the valid face codes of this part's train scenes."""
     sources: dict[str, str] = field(default_factory=dict)
     features: dict[str, Any] | None = None
+    person_stats: dict[str, list[float]] | None = None
+    """The person folder's data_stats.pth (`Manifest.person_stats`), when it has one."""
     tool_version: str = ""
 
     def save(self, path: Path) -> None:

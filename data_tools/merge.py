@@ -80,6 +80,17 @@ def _combined(moments: list[Moments | None], what: str, shard_dir: Path) -> Mome
     return total
 
 
+def _person_stats(records: list[PartRecord], shard_dir: Path) -> dict[str, list[float]] | None:
+    """The data_stats.pth every part read (they read the same folder), or None."""
+    first = records[0].person_stats
+    for record in records[1:]:
+        if record.person_stats != first:
+            raise DataError(
+                f"{part_record_path(shard_dir, record.part, record.parts)}: read another data_stats.pth than part 0"
+            )
+    return first
+
+
 def merge_parts(shard_dir: str | Path) -> Manifest:
     """Write `shard_dir/manifest.json` from its part records; returns the manifest."""
     shard_dir = Path(shard_dir)
@@ -120,6 +131,7 @@ def merge_parts(shard_dir: str | Path) -> Manifest:
         window_frames=first.params["window_frames"],
         hop_frames=first.params["hop_frames"],
         features=first.features,
+        person_stats=_person_stats(records, shard_dir),
         sources=dict(sorted({k: v for r in records for k, v in r.sources.items()}.items())),
         tool_version=first.tool_version,
     )

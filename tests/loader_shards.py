@@ -108,6 +108,7 @@ def write_shards(
     per_shard: int = 2,
     feature_dim: int | None = None,
     stats: dict[str, list[float]] | None = None,
+    person_stats: dict[str, list[float]] | None = None,
 ) -> Manifest:
     """Write shards and a manifest under `root`: `splits` maps a split to its scenes' frame counts.
 
@@ -162,6 +163,7 @@ def write_shards(
         hop_frames=hop,
         features=features,
         fps=FPS,
+        person_stats=person_stats,
     )
     save_manifest(manifest, root)
     return manifest

@@ -143,6 +143,40 @@ def test_normalization_uses_manifest_stats(tmp_path):
     assert not normed["body"][~mask].any() and not normed["face"][~face_mask].any()
 
 
+def test_person_units_are_the_references_float64_arithmetic_rounded_once(tmp_path):
+    rng = np.random.default_rng(5)
+    person = {  # float64 stats whose float32 rounding would change results (as the released files)
+        "body_mean": rng.normal(size=POSE_DIM).tolist(),
+        "body_std": rng.uniform(0.01, 2, POSE_DIM).tolist(),
+        "face_mean": rng.normal(size=FACE_DIM).tolist(),
+        "face_std": rng.uniform(0.001, 1, FACE_DIM).tolist(),
+        "audio_mean": [0.0, 0.0],
+        "audio_std_flat": [1.0],
+    }
+    write_shards(tmp_path, {"train": [700, 700]}, person_stats=person)
+    loaders = {
+        units: build_train_loader(
+            tmp_path,
+            2,
+            seed=3,
+            rank=0,
+            world_size=1,
+            audio=False,
+            normalize=units != "raw",
+            units="train" if units == "raw" else units,
+        )
+        for units in ("person", "auto", "train", "raw")
+    }
+    batches = {units: next(iter(loader)) for units, loader in loaders.items()}
+    raw = batches["raw"]
+    for kind, mask in (("body", raw["mask"]), ("face", raw["face_mask"])):
+        mean, std = np.asarray(person[f"{kind}_mean"]), np.asarray(person[f"{kind}_std"])
+        expected = ((raw[kind].numpy().astype(np.float64) - mean) / std).astype(np.float32)
+        np.testing.assert_array_equal(batches["person"][kind][mask].numpy(), expected[mask.numpy()])
+        np.testing.assert_array_equal(batches["auto"][kind].numpy(), batches["person"][kind].numpy())
+    torch.testing.assert_close(batches["train"]["body"], raw["body"], rtol=0, atol=0)  # mean 0, std 1
+
+
 def collect_eval(root, world_size: int, workers: int, batch_size: int = 2) -> list[list[tuple]]:
     """Per rank: the (key, start, length) of every chunk, in delivery order (padding included)."""
     out = []

@@ -36,6 +36,7 @@ from a2p.data.format import (
     sample_key,
     window_starts,
 )
+from a2p.data.person_stats import STATS_FILENAME, load_person_stats
 from a2p.errors import DataError
 from a2p.version import __version__
 from data_tools.build import FAIL_AFTER_ENV, build
@@ -154,7 +155,31 @@ def test_splits_by_scene_order_and_manifest(dataset: Path, built: Path) -> None:
             assert shard.samples == 1 or shard.bytes <= MAX_SHARD_BYTES
     for name, digest in manifest.sources.items():
         assert hashlib.sha256((dataset / name).read_bytes()).hexdigest() == digest
-    assert len(manifest.sources) == 4 * len(scenes)
+    assert len(manifest.sources) == 4 * len(scenes) + 1  # and the data_stats.pth
+
+
+def test_the_persons_data_stats_travel_in_the_manifest(dataset: Path, built: Path, tmp_path: Path) -> None:
+    stats = load_person_stats(dataset)
+    manifest = load_manifest(built)
+    assert manifest.person_stats == stats.to_lists()
+    assert manifest.units_stats("auto") == ("person", manifest.person_stats)
+    assert manifest.units_stats("train") == ("train", manifest.stats)
+    # without a data_stats.pth: the train split's units only, and `person` is refused by name
+    src = copy_dataset(dataset, tmp_path / "raw")
+    (src / STATS_FILENAME).unlink()
+    plain = build(src, tmp_path / "plain", workers=1, window_frames=WINDOW, hop_frames=HOP)
+    assert plain is not None and plain.person_stats is None
+    assert plain.units_stats("auto") == ("train", plain.stats)
+    with pytest.raises(DataError, match="without data_stats.pth"):
+        plain.units_stats("person", "plain/manifest.json")
+
+
+def test_a_malformed_data_stats_is_refused_before_anything_is_built(dataset: Path, tmp_path: Path) -> None:
+    src = copy_dataset(dataset, tmp_path / "raw")
+    torch.save({"pose_mean": torch.zeros(104)}, src / STATS_FILENAME)
+    with pytest.raises(DataError, match=rf"{STATS_FILENAME}.*without pose_std"):
+        build(src, tmp_path / "out", workers=1, window_frames=WINDOW, hop_frames=HOP)
+    assert not (tmp_path / "out").exists()
 
 
 def test_stats_are_recomputed_from_the_train_sources(dataset: Path, built: Path) -> None:

@@ -47,14 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     stats = load_person_stats(args.stats)
-    units = {
-        "body_mean": stats.body_mean.tolist(),
-        "body_std": stats.body_std.tolist(),
-        "face_mean": stats.face_mean.tolist(),
-        "face_std": stats.face_std.tolist(),
-        "audio_mean": stats.audio_mean.tolist(),  # the waveform's, before the front end
-        "audio_std_flat": stats.audio_std_flat.tolist(),
-    }
+    units = stats.to_lists()
     exports = {}  # everything converted before anything is written
     for name in ("face", "body", "guide"):
         path = getattr(args, name)

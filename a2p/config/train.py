@@ -16,6 +16,11 @@ from a2p.errors import ConfigError
 Backend = Literal["ddp", "deepspeed"]
 """How gradients are synchronised: plain data parallel, or a DeepSpeed ZeRO config."""
 
+Units = Literal["auto", "person", "train"]
+"""Which normalization the data is read in: the person's `data_stats.pth` (`person`, the units of
+the released checkpoints, kept in the manifest by `a2p data build`), the train split's moments
+(`train`), or the person's when the shards have them (`auto`)."""
+
 Precision = Literal["fp32", "bf16"]
 """Compute precision of forward and backward passes (bf16: autocast, weights stay fp32)."""
 
@@ -179,6 +184,9 @@ class TrainConfig:
     """Path of a DeepSpeed JSON config (`ds_configs/...`), required when backend is `deepspeed`."""
     data: str = ""
     """Shard folder of one person (`SHARDS/PERSON`), handed to the task's data loader."""
+    units: Units = "train"
+    """Normalization of the data and of the export (`Units`): the reference's recipes read the
+    person's data_stats.pth where the shards carry it (`auto`), a2p's the train split's moments."""
     preempt_check_interval: int = 1
     """Optimizer steps between the cross-rank check of the preemption flag (one tiny all-reduce)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -228,6 +236,7 @@ def _reference_recipe(
         optimizer=OptimizerConfig(lr=lr, betas=betas, weight_decay=weight_decay),
         schedule=schedule,
         ema=EMAConfig(enabled=False),
+        units="auto",
     )
 
 

@@ -180,13 +180,12 @@ def fill(
     batch["length"][row] = length
     batch["mask"].numpy()[row, :length] = True
     out_body = batch["body"].numpy()[row]  # (L, 104)
-    np.subtract(body[start:stop], stats.body_mean, out=out_body[:length])
-    out_body[:length] /= stats.body_std
+    # one rounding into the float32 row: float32 stats compute in float32, float64 ones in float64
+    np.divide(body[start:stop] - stats.body_mean, stats.body_std, out=out_body[:length])
     face_mask = batch["face_mask"].numpy()[row]  # (L,)
     face_mask[:length] = valid[start:stop]
     out_face = batch["face"].numpy()[row]  # (L, 256)
-    np.subtract(face[start:stop], stats.face_mean, out=out_face[:length])
-    out_face[:length] /= stats.face_std
+    np.divide(face[start:stop] - stats.face_mean, stats.face_std, out=out_face[:length])
     out_face[:length][~face_mask[:length]] = 0.0  # missing codes are zeros, whatever the stats
     batch["keyframes"].numpy()[row] = out_body[:: spec.keyframe_interval]
     batch["keyframe_mask"].numpy()[row] = batch["mask"].numpy()[row, :: spec.keyframe_interval]

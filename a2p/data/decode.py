@@ -26,6 +26,7 @@ from a2p.data.format import (
     BODY_KEY,
     SAMPLE_FILES,
     Manifest,
+    Units,
 )
 from a2p.errors import DataError
 
@@ -163,7 +164,7 @@ def load_audio(sample: RawSample, start: int, frames: int, out: np.ndarray) -> N
 
 @dataclass(frozen=True)
 class NormStats:
-    """Per-channel mean and std of body poses and face codes (float32), from the manifest's train split."""
+    """Per-channel mean and std of body poses and face codes: the train split's (float32) or the person's (float64)."""
 
     body_mean: np.ndarray
     body_std: np.ndarray
@@ -171,8 +172,14 @@ class NormStats:
     face_std: np.ndarray
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest, source: str = "manifest") -> NormStats:
-        """The manifest's `stats`; std below `STD_FLOOR` becomes 1 so constant channels stay finite."""
+    def from_manifest(cls, manifest: Manifest, source: str = "manifest", units: Units = "train") -> NormStats:
+        """The manifest's stats in `units` (`Manifest.units_stats`).
+
+        The train split's (float32) stds below `STD_FLOOR` become 1, so constant channels stay
+        finite. A data_stats.pth is used as the reference uses it: in float64, divided by as stored
+        (its stds were checked positive when the shards were built), rounded to float32 once.
+        """
+        chosen, stats = manifest.units_stats(units, source)
         arrays = {}
         for name, width in (
             ("body_mean", POSE_DIM),
@@ -180,14 +187,14 @@ class NormStats:
             ("face_mean", FACE_DIM),
             ("face_std", FACE_DIM),
         ):
-            if name not in manifest.stats:
-                raise DataError(f"{source}: stats lack {name!r}")
-            value = np.asarray(manifest.stats[name], dtype=np.float32)
+            if name not in stats:
+                raise DataError(f"{source}: {chosen} stats lack {name!r}")
+            value = np.asarray(stats[name], dtype=np.float64 if chosen == "person" else np.float32)
             if value.shape != (width,) or not np.isfinite(value).all():
                 raise DataError(
-                    f"{source}: stats {name!r} must be {width} finite numbers, got shape {value.shape}"
+                    f"{source}: {chosen} stats {name!r} must be {width} finite numbers, got shape {value.shape}"
                 )
-            if name.endswith("_std"):
+            if name.endswith("_std") and chosen == "train":
                 value = np.where(value < STD_FLOOR, np.float32(1.0), value)
             arrays[name] = value
         return cls(**arrays)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from a2p.constants import CROP_MAX_FRAMES
 from a2p.data.crops import Batch, allocate, eval_crops, fill, take
 from a2p.data.decode import iter_shard, sample_frames
+from a2p.data.format import Units
 from a2p.data.shards import ShardSet, crop_spec, iterate, resolve_ranks, worker_init
 
 
@@ -36,12 +37,13 @@ class EvalStream(IterableDataset):
         audio: bool = True,
         features: bool = True,
         normalize: bool = True,
+        units: Units = "train",
         pad_ranks: bool = True,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.data = ShardSet(shard_dir, split, normalize)
+        self.data = ShardSet(shard_dir, split, normalize, units)
         self.batch_size = batch_size
         self.rank, self.world_size = resolve_ranks(rank, world_size)
         self.spec = crop_spec(self.data.manifest, crop_frames, crop_frames, audio, features)
@@ -112,6 +114,7 @@ def build_eval_loader(
     audio: bool = True,
     features: bool = True,
     normalize: bool = True,
+    units: Units = "train",
     pad_ranks: bool = True,
 ) -> EvalLoader:
     """This rank's evaluation loader: every window of `split` in order, in `crop_frames` chunks.
@@ -128,6 +131,7 @@ def build_eval_loader(
         audio=audio,
         features=features,
         normalize=normalize,
+        units=units,
         pad_ranks=pad_ranks,
     )
     return EvalLoader(dataset, num_workers)

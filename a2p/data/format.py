@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a2p.config.train import Units
 from a2p.constants import FACE_DIM, FPS, POSE_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME, SPLITS
 from a2p.errors import DataError
 
@@ -124,6 +125,10 @@ class Manifest:
     splits: dict[str, SplitInfo]
     stats: dict[str, list[float]]
     """Normalization stats from the train split: body_mean, body_std, face_mean, face_std (valid frames)."""
+    person_stats: dict[str, list[float]] | None = None
+    """The recorded folder's `data_stats.pth` when it has one (`a2p.data.person_stats`): body_mean,
+    body_std, face_mean, face_std, audio_mean, audio_std_flat, as stored (float64 in the released
+    files). The units the reference's checkpoints take and give; `units="person"` reads them."""
     window_frames: int = DEFAULT_WINDOW_FRAMES
     hop_frames: int = DEFAULT_HOP_FRAMES
     features: dict[str, Any] | None = None
@@ -142,6 +147,20 @@ class Manifest:
     def shard_paths(self, root: str | Path, split: str) -> list[Path]:
         """Absolute paths of the split's shards, in order."""
         return [Path(root) / s.name for s in self.split(split).shards]
+
+    def units_stats(self, units: Units, source: str = MANIFEST_NAME) -> tuple[str, dict[str, list[float]]]:
+        """(`person` or `train`, the stats) that `units` names; `person` without a data_stats.pth is refused."""
+        if units not in ("auto", "person", "train"):
+            raise DataError(f"normalization units must be auto, person or train, got {units!r}")
+        if units == "train" or (units == "auto" and self.person_stats is None):
+            return "train", self.stats
+        if self.person_stats is None:
+            raise DataError(
+                f"{source}: built from a folder without data_stats.pth, so it has no person units; rebuild "
+                "it from a folder that has the person's data_stats.pth, or use the train split's units "
+                "(train.units=train)"
+            )
+        return "person", self.person_stats
 
     def split(self, split: str) -> SplitInfo:
         if split not in self.splits:

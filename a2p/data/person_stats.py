@@ -78,6 +78,11 @@ class PersonStats:
     source: str = ""
     """Where the stats were read from, for messages."""
 
+    def to_lists(self) -> dict[str, list[float]]:
+        """The six arrays under their field names as lists (JSON keeps float64 exactly): the
+        stats of a manifest's `person_stats` and of an export's `stats`."""
+        return {name: getattr(self, name).tolist() for _, name, _ in _FIELDS}
+
     def motion_moments(self, kind: MotionKind) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) of body poses (104,) or face codes (256,)."""
         if kind == "body":

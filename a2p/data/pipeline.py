@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from a2p.constants import CROP_MAX_FRAMES, CROP_MIN_FRAMES
 from a2p.data.crops import Batch, allocate, draw_crop, fill
 from a2p.data.decode import RawSample, iter_shard, sample_frames
+from a2p.data.format import Units
 from a2p.data.shards import ShardSet, crop_spec, iterate, resolve_ranks, worker_init
 from a2p.data.state import (
     LoaderPosition,
@@ -116,11 +117,12 @@ class TrainStream(IterableDataset):
         audio: bool = True,
         features: bool = True,
         normalize: bool = True,
+        units: Units = "train",
     ) -> None:
         super().__init__()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.data = ShardSet(shard_dir, split, normalize)
+        self.data = ShardSet(shard_dir, split, normalize, units)
         self.batch_size = batch_size
         self.seed = int(seed)
         self.rank, self.world_size = resolve_ranks(rank, world_size)
@@ -338,6 +340,7 @@ def build_train_loader(
     audio: bool = True,
     features: bool = True,
     normalize: bool = True,
+    units: Units = "train",
     pin_memory: bool = False,
     prefetch_factor: int = 2,
 ) -> TrainLoader:
@@ -346,8 +349,9 @@ def build_train_loader(
     `rank`/`world_size` default to `a2p.distributed.rank_info()`. An epoch is `batches_per_epoch`
     batches, by default ceil(train windows x `crops_per_window` / (world_size x batch_size)).
     `audio=False` skips decoding the waveform (when the model reads precomputed `features`);
-    `normalize=False` keeps raw values. Workers start with each epoch (their share of the
-    epoch depends on the position), so there is no `persistent_workers`.
+    `normalize=False` keeps raw values; `units` picks the stats (`a2p.data.format.Units`).
+    Workers start with each epoch (their share of the epoch depends on the position), so there
+    is no `persistent_workers`.
     """
     dataset = TrainStream(
         shard_dir,
@@ -366,5 +370,6 @@ def build_train_loader(
         audio=audio,
         features=features,
         normalize=normalize,
+        units=units,
     )
     return TrainLoader(dataset, pin_memory=pin_memory, prefetch_factor=prefetch_factor)

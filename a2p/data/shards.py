@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from a2p.data.crops import CropSpec
 from a2p.data.decode import NormStats
-from a2p.data.format import Manifest, load_manifest
+from a2p.data.format import Manifest, Units, load_manifest
 from a2p.distributed import rank_info
 from a2p.errors import DataError
 
@@ -56,9 +56,9 @@ def crop_spec(manifest: Manifest, crop_frames: int, min_frames: int, audio: bool
 
 
 class ShardSet:
-    """A split's shards as the manifest lists them, with the stats to normalize them."""
+    """A split's shards as the manifest lists them, with the stats to normalize them (in `units`)."""
 
-    def __init__(self, shard_dir: str | Path, split: str, normalize: bool) -> None:
+    def __init__(self, shard_dir: str | Path, split: str, normalize: bool, units: Units = "train") -> None:
         self.shard_dir = Path(shard_dir)
         self.split = split
         self.manifest = load_manifest(self.shard_dir)
@@ -70,5 +70,8 @@ class ShardSet:
         if not self.shards or self.samples <= 0:
             raise DataError(f"{self.shard_dir}: split {split!r} has no samples")
         source = str(self.shard_dir / "manifest.json")
-        self.stats = NormStats.from_manifest(self.manifest, source) if normalize else NormStats.identity()
+        self.units, _ = self.manifest.units_stats(units, source)
+        self.stats = (
+            NormStats.from_manifest(self.manifest, source, units) if normalize else NormStats.identity()
+        )
         self.feature_dim = int(self.manifest.features["dim"]) if self.manifest.features else None

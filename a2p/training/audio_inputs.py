@@ -74,6 +74,7 @@ class AudioInputs:
             shuffle_buffer=shuffle_buffer,
             audio=not self.shards_have_features,
             features=True,
+            units=ctx.units,
             **({} if min_frames is None else {"min_frames": min_frames}),
         )
 

@@ -193,7 +193,7 @@ class DiffusionTask(Task):
 
         loader = build_eval_loader(
             ctx.data, 1, split="val", rank=ctx.rank, world_size=ctx.world_size,
-            audio=not self.audio.shards_have_features,
+            audio=not self.audio.shards_have_features, units=ctx.units,
         )  # fmt: skip
         for local, batch in enumerate(loader):
             index = local * ctx.world_size + ctx.rank

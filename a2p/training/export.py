@@ -71,14 +71,16 @@ def load_run_or_export(path: str | Path, expect_task: str) -> Exported:
 
 
 def _training_stats(config: dict[str, Any]) -> dict[str, list[float]] | None:
-    """The normalization stats of the run's shards (its manifest), so outputs can be denormalized."""
+    """The normalization stats the run read its shards in (`train.units` of their manifest), so
+    outputs can be denormalized; the person's units carry the waveform's audio_mean/std_flat too."""
     from a2p.data.format import load_manifest
 
-    data = config.get("train", {}).get("data")
+    train = config.get("train", {})
+    data = train.get("data")
     if not data:
         return None
     try:
-        return load_manifest(data).stats
+        return load_manifest(data).units_stats(train.get("units", "train"), data)[1]
     except A2PError:
         logger.warning("%s: shard manifest not readable; the export carries no normalization stats", data)
         return None

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from a2p.config.core import from_dict, load_config
-from a2p.config.train import TrainConfig
+from a2p.config.train import TrainConfig, Units
 from a2p.errors import ConfigError
 from a2p.models.registry import build_model
 
@@ -77,6 +77,8 @@ class TaskContext:
     """The run directory (for task artefacts such as evaluation outputs)."""
     step: int = 0
     """Optimizer step the context was made at."""
+    units: Units = "train"
+    """`train.units`: which normalization the data loaders use."""
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
     """Mean of a tensor over ranks, for evaluations sharded across ranks."""
 

@@ -88,6 +88,7 @@ class VQTask(Task):
             min_frames=crop_min_frames(self.config.crops),
             audio=False,
             features=False,
+            units=ctx.units,
         )
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -129,6 +129,7 @@ class Trainer:
             batch_size=cfg.batch_size,
             data=cfg.data,
             run_dir=self.run_dir,
+            units=cfg.units,
             all_reduce_mean=distributed.all_reduce_mean,
         )
         data = task.build_data(ctx)
