@@ -1,9 +1,21 @@
-"""Shared fixtures: one tiny synthesized person built into shards once per test session."""
+"""Shared fixtures: one tiny synthesized person built into shards once per test session.
 
-from pathlib import Path
+MKL's float32 exp, sin and cos (torch's CPU vml) take a code path chosen by the CPU: AVX2 and
+AVX-512 machines give other last bits than older or AMD ones, and a float32 table computed that
+way (the lip regressor's sinusoids, rotary frequencies) moves a float64 golden comparison by
+1e-6. The golden fixtures were made on MKL's compatible path, so the suite pins it
+(`MKL_CBWR=COMPATIBLE`, set before torch loads MKL, inherited by every subprocess) and gives the
+same numbers on every CPU.
+"""
 
-import pytest
-import torch
+import os
+
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(scope="session")

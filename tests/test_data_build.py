@@ -484,6 +484,17 @@ def test_features_need_a_hop_on_the_feature_grid(tiny: Path, tmp_path: Path) -> 
         build(tiny, tmp_path / "shards", features="mel", window_frames=40, hop_frames=20)
 
 
+def test_vq_wav2vec_features_are_refused_with_the_reason(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They depend on the whole crop (GroupNorm over time), so training runs them per crop instead."""
+    out = tmp_path / "shards"
+    assert main([*build_args(tiny, out), "--features", "vq-wav2vec", "--audio-weights", "x.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "normalizes over the whole input" in err and "--audio-weights" in err
+    assert not (out / "manifest.json").exists()
+
+
 def test_array_parts_merge_into_the_manifest_of_a_single_build(
     dataset: Path, built: Path, tmp_path: Path
 ) -> None:

@@ -15,7 +15,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from a2p.config.audio import REFERENCE_FEATURIZERS
+from a2p.config.denoiser import denoiser_preset
+from a2p.config.guide import guide_preset
 from a2p.config.train import PAPER_RECIPES, OptimizerConfig, ScheduleConfig, TrainConfig, paper_recipe
+from a2p.config.vq import vq_preset
 from a2p.constants import CROP_MAX_FRAMES
 from a2p.errors import ConfigError
 from a2p.models.denoiser import ConditionInputs
@@ -172,7 +176,18 @@ def test_presets_name_the_recipe_of_every_task():
         assert cls.train_presets["paper"] == PAPER_RECIPES[name]
         assert cls.train_presets["a2p"] == TrainConfig()  # a2p's additions: EMA, bf16, clip 1, cosine
         assert "debug" not in cls.train_presets  # debug keeps the trainer defaults, tiny and fast
-        assert cls.presets["a2p"].model == cls.presets["paper"].model
+    # the paper presets are the released architectures on the reference's front end
+    for name in ("face", "body"):
+        paper = task_class(name).presets["paper"]
+        assert (
+            paper.model == denoiser_preset(name, "paper") and paper.featurizer == REFERENCE_FEATURIZERS[name]
+        )
+        assert task_class(name).presets["a2p"].model == denoiser_preset(name, "a2p")
+    guide = task_class("guide").presets["paper"]
+    assert guide.model == guide_preset("paper") and guide.featurizer == "vq-wav2vec"
+    assert task_class("vq").presets["paper"].model == vq_preset("paper")
+    for name in PAPER_RECIPES:
+        assert PAPER_RECIPES[name].units == "auto" and TrainConfig().units == "train"
     assert task_class("body").presets["paper"].cond_dropout == "independent"
     assert task_class("body").presets["a2p"].cond_dropout == "joint"
     for name in ("vq", "guide"):

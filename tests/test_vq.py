@@ -1,5 +1,8 @@
 """The residual VQ-VAE: exact lookups, EMA arithmetic, k-means, dead-code restart, ranks that agree, training."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -92,6 +95,149 @@ def test_dead_codes_restart_on_data():
     torch.testing.assert_close(book.cluster_size[:2], usage[:2])
     live = book.embed[:2] - torch.tensor([[0.0, 0.0], [1.0, 1.0]])
     assert live.abs().max() < 0.2  # live codes only moved a little by the EMA step
+
+
+def test_absolute_threshold_restarts_exactly_the_codes_below_it():
+    torch.manual_seed(0)
+    usage = torch.tensor([8.0, 8.0, 4.0, 3.0, 6.0])
+    embed = torch.tensor([[0.0, 0.0], [1.0, 1.0], [100.0, 100.0], [-100.0, 50.0], [50.0, -100.0]])
+    books = {}
+    for threshold in (2.0, 0.0):  # the rule on, and a twin without it
+        book = EMACodebook(
+            codes=5, dim=2, decay=0.5, dead_fraction=0.0, kmeans_iters=1, dead_threshold=threshold
+        )
+        book.embed.copy_(embed)
+        book.embed_sum.copy_(embed * usage[:, None])
+        book.cluster_size.copy_(usage)
+        books[threshold] = book
+    x = torch.randn(32, 2) * 0.1 + (torch.arange(32) % 2)[:, None]  # around codes 0 and 1
+    codes = books[2.0].assign(x)
+    assert set(codes.tolist()) == {0, 1}  # 2, 3, 4 unused: their usage halves to 2, 1.5, 3
+    _, dead = books[2.0].update(x, codes, torch.ones(32), no_op, no_op)
+    _, never = books[0.0].update(x, codes, torch.ones(32), no_op, no_op)
+    assert dead.tolist() == [False, False, False, True, False]  # 2.0 exactly is not below 2
+    assert not never.any()
+    book, twin = books[2.0], books[0.0]
+    assert (x - book.embed[3]).abs().sum(1).min() < 1e-6  # on a data row, with the mean usage
+    torch.testing.assert_close(book.cluster_size[3], twin.cluster_size.mean())
+    alive = torch.tensor([0, 1, 2, 4])
+    for name in ("embed", "embed_sum", "cluster_size"):  # the others learn as without the rule
+        assert torch.equal(getattr(book, name)[alive], getattr(twin, name)[alive]), name
+
+
+@pytest.mark.parametrize(
+    "fraction, threshold, expected",
+    [
+        (0.0, 0.0, []),
+        (0.2, 0.0, [4]),  # below 0.2 x the mean usage 12.8 = 2.56
+        (0.0, 1.0, []),  # 1.0 is not below 1
+        (0.0, 5.0, [3, 4]),
+        (0.2, 1.0, [4]),  # the fraction rule alone
+        (0.2, 5.0, [3, 4]),  # code 3 by the threshold alone
+    ],
+)
+def test_a_code_is_dead_when_either_rule_says_so(fraction, threshold, expected):
+    book = EMACodebook(
+        codes=5, dim=1, decay=0.99, dead_fraction=fraction, kmeans_iters=1, dead_threshold=threshold
+    )
+    book.cluster_size.copy_(torch.tensor([20.0, 20.0, 20.0, 3.0, 1.0]))
+    assert book.dead_codes().nonzero().flatten().tolist() == expected
+
+
+@pytest.mark.parametrize("floor", [1.0, 0.5])
+def test_kmeans_count_floor_comes_from_the_config(floor):
+    torch.manual_seed(0)
+    config = dataclasses.replace(vq_preset("debug"), kmeans_count_floor=floor, dead_threshold=3.0)
+    book = build_vq(config).quantizer.codebooks[0]
+    assert (book.dead_threshold, book.kmeans_sum) == (3.0, "count_weighted")
+    x = torch.randn(4, config.code_dim)  # 4 rows for 16 codes: at least 12 clusters stay empty
+    book.kmeans_init(x, torch.ones(4), no_op, no_op)
+    counts = torch.bincount(book.assign(x), minlength=16).float()
+    torch.testing.assert_close(book.cluster_size, torch.where(counts > 0, counts, floor))
+    torch.testing.assert_close(book.embed_sum, book.embed * book.cluster_size[:, None])
+
+
+REFERENCE_EPS = 1e-5
+"""`laplace_smoothing`'s epsilon in the reference (model/vqvae.py:45)."""
+REFERENCE_DEAD_BELOW = 2
+"""Its `threshold_ema_dead_code` (model/vqvae.py:492)."""
+
+
+def _reference_kmeans(x: torch.Tensor, codes: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's `kmeans` (model/vqvae.py:73-93): seeds from the global RNG, counts left at 0."""
+    rows, dim = x.shape
+    seeds = torch.randperm(rows)[:codes] if rows >= codes else torch.randint(0, rows, (codes,))
+    means = x[seeds]
+    bins = torch.zeros(codes, dtype=torch.long)
+    for _ in range(iters):
+        nearest = (-((x[:, None] - means[None]) ** 2).sum(-1)).max(-1).indices  # (N,)
+        bins = torch.bincount(nearest, minlength=codes)
+        sums = torch.zeros(codes, dim).scatter_add_(0, nearest[:, None].expand(rows, dim), x)
+        means = torch.where((bins == 0)[:, None], means, sums / bins.clamp(min=1)[:, None])
+    return means, bins
+
+
+def _reference_codebook_step(book: dict, x: torch.Tensor, decay: float, generator: torch.Generator):
+    """One training forward of the reference's `EuclideanCodebook` (model/vqvae.py:201-224) on x (N, D).
+
+    Returns the code of each row and its code vector, both from the codebook before this step.
+    """
+    embed = book["embed"]
+    codes = (-(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(1)[None])).max(-1).indices
+    onehot = torch.nn.functional.one_hot(codes, embed.shape[0]).to(x.dtype)  # (N, K)
+    chosen = torch.nn.functional.embedding(codes, embed)
+    # expire_codes_: codes with EMA count below 2 move onto batch rows (the reference draws them
+    # from the global RNG; the test's own generator leaves a2p's k-means draws aligned) ...
+    expired = book["cluster_size"] < REFERENCE_DEAD_BELOW
+    rows = torch.randint(0, x.shape[0], (embed.shape[0],), generator=generator)
+    book["embed"] = torch.where(expired[:, None], x[rows], embed)
+    # ... then the EMA step, in its ema_inplace's operations, rewrites every code vector.
+    book["cluster_size"].mul_(decay).add_(onehot.sum(0), alpha=1 - decay)
+    book["embed_avg"].mul_(decay).add_((x.t() @ onehot).t(), alpha=1 - decay)
+    size = book["cluster_size"]
+    smoothed = (size + REFERENCE_EPS) / (size.sum() + embed.shape[0] * REFERENCE_EPS) * size.sum()
+    book["embed"] = book["embed_avg"] / smoothed[:, None]
+    return codes, chosen
+
+
+def test_paper_codebooks_learn_exactly_as_the_reference():
+    """Residual levels over 4 steps: k-means init, EMA counts, sums and code vectors, bit for bit.
+
+    The first batch has fewer rows than codes, as the reference's (batch 4 x 20 keyframes for 1024
+    codes): k-means seeds repeat and leave codes at count 0, where a2p's count floor of 1 would
+    differ. The reference's restart runs and is undone in its step; `paper` has none.
+    """
+    config = dataclasses.replace(vq_preset("paper"), codes=16, code_dim=4, levels=2)
+    quantizer = build_vq(config).quantizer.train()
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(rows, 4, generator=generator) for rows in (12, 40, 40, 40)]
+    torch.manual_seed(0)
+    learnt = []
+    for x in batches:
+        out = quantizer(x[None])
+        states = [{k: v.clone() for k, v in book.state_dict().items()} for book in quantizer.codebooks]
+        learnt.append((out.codes[0], states))
+    torch.manual_seed(0)  # the same k-means seeds
+    books: list[dict] = [{}, {}]
+    restarted = 0
+    for x, (codes, states) in zip(batches, learnt):
+        residual = x
+        for level, book in enumerate(books):
+            if not book:
+                means, bins = _reference_kmeans(residual, 16, config.kmeans_iters)
+                book.update(embed=means.clone(), embed_avg=means.clone(), cluster_size=bins.float())
+                assert (bins == 0).any(), "the case needs a code that k-means left empty"
+            restarted += int((book["cluster_size"] < REFERENCE_DEAD_BELOW).sum())
+            index, chosen = _reference_codebook_step(book, residual, config.decay, generator)
+            assert torch.equal(codes[:, level], index)
+            for ours, theirs in (
+                ("cluster_size", "cluster_size"),
+                ("embed_sum", "embed_avg"),
+                ("embed", "embed"),
+            ):
+                torch.testing.assert_close(states[level][ours], book[theirs], rtol=0, atol=0)
+            residual = residual - chosen
+    assert restarted > 0  # the reference's restart did run, to no effect
 
 
 def test_residual_levels_reduce_the_error():
@@ -248,8 +394,17 @@ def test_paper_preset_is_the_reference_size_and_configs_round_trip():
     assert sum(p.numel() for p in model.parameters()) == 79_528
     assert [tuple(b.embed.shape) for b in model.quantizer.codebooks] == [(1024, 64)] * 4
     assert model.encoder.receptive_field == 8
-    for size in ("paper", "debug"):
+    for size in ("paper", "a2p", "debug"):
         assert from_dict(VQConfig, to_dict(vq_preset(size))) == vq_preset(size)
+
+
+def test_presets_choose_their_codebook_rules():
+    rules = ("dead_fraction", "dead_threshold", "kmeans_count_floor", "kmeans_sum")
+    assert [getattr(vq_preset("paper"), name) for name in rules] == [0.0, 0.0, 0.0, "centroid"]
+    assert [getattr(vq_preset("a2p"), name) for name in rules] == [0.05, 0.0, 1.0, "count_weighted"]
+    assert [getattr(VQConfig(), name) for name in rules] == [
+        getattr(vq_preset("a2p"), name) for name in rules
+    ]
 
 
 def test_bad_sizes_are_refused():
@@ -259,3 +414,14 @@ def test_bad_sizes_are_refused():
         from_dict(VQConfig, {"recon_loss": "l3"})
     with pytest.raises(ConfigError, match="unknown VQ size"):
         vq_preset("huge")
+    with pytest.raises(ConfigError, match="kmeans_sum.*not one of"):
+        from_dict(VQConfig, {"kmeans_sum": "mean"})
+
+
+@pytest.mark.parametrize("name", ["dead_fraction", "dead_threshold", "kmeans_count_floor"])
+@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf])
+def test_bad_codebook_rules_are_refused(name, value):
+    with pytest.raises(ConfigError, match=f"vq.{name} must be a finite number >= 0, got {value}"):
+        VQConfig(**{name: value})
+    with pytest.raises(ConfigError, match=f"vq.{name} must be a finite number >= 0"):
+        from_dict(VQConfig, {name: value})

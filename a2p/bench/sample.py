@@ -57,11 +57,11 @@ from a2p.config.guide import guide_preset
 from a2p.config.vq import vq_preset
 from a2p.constants import FPS, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
 from a2p.errors import ConfigError
-from a2p.inference.frontend import FrontEnd, ReferenceFeatures, SharedFeatures
 from a2p.inference.pipeline import DEFAULT_GUIDANCE, GUIDE_TOP_P, Models, Pipeline
 from a2p.models.audio import build_featurizer
 from a2p.models.denoiser import build_denoiser
 from a2p.models.export import Exported
+from a2p.models.frontend import FrontEnd, ReferenceFeatures, SharedFeatures
 from a2p.models.guide import build_guide
 from a2p.models.vq import build_vq
 from a2p.sampling.clip import clip_model

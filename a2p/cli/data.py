@@ -70,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--features", default=None, help="store frozen audio features of this featurizer (e.g. mel)"
     )
     build.add_argument(
-        "--features-weights", default=None, help="local weights file of a pretrained featurizer"
+        "--features-weights",
+        "--audio-weights",
+        dest="features_weights",
+        default=None,
+        help="local weights file of a pretrained featurizer",
     )
     build.add_argument(
         "--max-shard-mb",

@@ -23,8 +23,8 @@ from a2p.config.audio import REFERENCE_FEATURIZERS
 from a2p.config.core import to_dict
 from a2p.config.vq import vq_preset
 from a2p.data.person_stats import load_person_stats
-from a2p.inference.frontend import check_reference_front_end
 from a2p.models.export import FRONTEND_PREFIX, write_export
+from a2p.models.frontend import check_reference_front_end
 from a2p.models.keymap.release import DESCRIPTIONS, convert_release
 from a2p.models.keymap.vq import read_vq_checkpoint
 from a2p.models.torch_files import load_torch_file

@@ -2,7 +2,13 @@
 
     a2p train TASK --data SHARDS/PERSON --run-dir DIR [--preset paper|a2p|debug] [--config FILE.json]
         [--max-steps N] [--resume latest|PATH] [--deepspeed ds_configs/FILE.json]
+        [--audio-weights FILE [--lip-weights FILE]] [--vq RUN_OR_EXPORT]
         [--set section.key=value ...] [--dry-run]
+
+The `paper` presets (the default) train the released architectures on the reference's frozen
+front end: vq-wav2vec (`--audio-weights`: fairseq's vq-wav2vec.pt or a released checkpoint)
+and, for the face, the lip regressor (`--lip-weights`, default the same file: the released face
+file holds both), on shards built from a folder with the person's data_stats.pth.
 
 Config load order: the task's preset <- `--config` file <- `--data/--max-steps/--deepspeed` <-
 `--set`. Several processes: `torchrun --nproc_per_node N -m a2p.cli.train ...` (on CPU too;
@@ -38,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vq", default=None, help="guide only: the trained VQ, a run directory or export (task.vq)"
     )
+    parser.add_argument(
+        "--audio-weights",
+        default=None,
+        help="the frozen audio front end's weights (task.featurizer_weights): for the paper presets "
+        "fairseq's vq-wav2vec.pt or a released audio2photoreal checkpoint",
+    )
+    parser.add_argument(
+        "--lip-weights",
+        default=None,
+        help="face, paper preset: the lip regressor (iter-0200000.pt or the released face file; "
+        "default: --audio-weights) (task.lip_weights)",
+    )
     parser.add_argument("--resume", default=None, help="`latest` or a checkpoint directory")
     parser.add_argument("--deepspeed", default=None, help="DeepSpeed JSON; selects train.backend=deepspeed")
     parser.add_argument(
@@ -64,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         flags.append(f"train.max_steps={args.max_steps}")
     if args.vq is not None:
         flags.append(f"task.vq={json.dumps(args.vq)}")
+    if args.audio_weights is not None:
+        flags.append(f"task.featurizer_weights={json.dumps(args.audio_weights)}")
+    if args.lip_weights is not None:
+        flags.append(f"task.lip_weights={json.dumps(args.lip_weights)}")
     if args.deepspeed is not None:
         flags += ["train.backend=deepspeed", f"train.deepspeed_config={json.dumps(args.deepspeed)}"]
     config = load_run_config(args.task, args.preset, args.config, [*flags, *args.overrides])

@@ -36,7 +36,7 @@ REFERENCE_FEATURIZERS: dict[str, str] = {
 }
 """The reference's audio condition per model, as an `a2p import-reference` export names it:
 vq-wav2vec's extractor (1024 wide, 1998 frames per 600 motion frames) and, for the face, the lip
-regressor's vertices too (+1014). Run on a clip (or a window) by `a2p.inference.frontend`; they
+regressor's vertices too (+1014). Run on a clip (or a window) by `a2p.models.frontend`; they
 have no fixed frame rate, so they are never stored in shards."""
 
 

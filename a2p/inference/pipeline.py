@@ -19,8 +19,8 @@ import torch
 
 from a2p.constants import CROP_MAX_FRAMES, KEYFRAME_INTERVAL, SAMPLES_PER_FRAME
 from a2p.errors import A2PError
-from a2p.inference.frontend import FrontEnd, build_front_end
 from a2p.models.export import Exported, load_export
+from a2p.models.frontend import FrontEnd, build_front_end
 from a2p.sampling import repetition_generators, sample_motion
 from a2p.sampling.windows import DEFAULT_OVERLAP, AllReduce, WindowPlan, generate_keyframe_codes
 
@@ -56,7 +56,7 @@ class Models:
         return cls(**loaded, paths=paths)
 
     def front_end(self) -> FrontEnd:
-        """The audio front end the face, body and guide models read (`a2p.inference.frontend`)."""
+        """The audio front end the face, body and guide models read (`a2p.models.frontend`)."""
         return build_front_end({"face": self.face, "body": self.body, "guide": self.guide}, self.paths)
 
 

@@ -28,7 +28,7 @@ import torchaudio
 from torch import Tensor, nn
 from torchaudio.models.wav2vec2.components import _get_feature_extractor
 
-from a2p.config.audio import FEATURE_DIMS, MEL_BINS, WAV2VEC2_CHANNEL_DIM
+from a2p.config.audio import FEATURE_DIMS, MEL_BINS, REFERENCE_FEATURE_DIMS, WAV2VEC2_CHANNEL_DIM
 from a2p.constants import AUDIO_CHANNELS, SAMPLE_RATE, SAMPLES_PER_FEATURE
 from a2p.errors import ConfigError
 from a2p.fileio import file_sha256
@@ -295,6 +295,14 @@ def _build_wav2vec2(weights: str | None) -> Featurizer:
 
 def build_featurizer(name: str, weights: str | None = None) -> Featurizer:
     """The frozen featurizer `name`, loading pretrained weights from the local file `weights`."""
+    if name in REFERENCE_FEATURE_DIMS:
+        raise ConfigError(
+            f"{name!r} features cannot be computed once and cut into crops: every layer of vq-wav2vec's "
+            "extractor normalizes over the whole input (GroupNorm(1, 512)), so a crop's features depend "
+            "on all of the crop and its padding (a slice of a 40 s window's features is up to 0.35 std "
+            "away from the crop's own). The paper presets run it on each crop as the reference does: "
+            "`a2p train ... --audio-weights FILE`"
+        )
     if name not in _REGISTRY:
         raise ConfigError(f"unknown featurizer {name!r} (choose from {featurizer_names()})")
     return _REGISTRY[name](weights)

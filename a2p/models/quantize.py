@@ -6,11 +6,15 @@ code (van den Oord et al., 2017, "Neural Discrete Representation Learning", App.
     N_k <- decay * N_k + (1 - decay) * n_k,     m_k <- decay * m_k + (1 - decay) * sum_{i -> k} z_i,
     e_k = m_k / N~_k,   N~_k = (N_k + eps) / (sum_j N_j + K * eps) * sum_j N_j   (Laplace smoothing),
 
-initialised by k-means on the first training batch and with dead codes restarted on vectors of
-the current batch. A code is dead when its usage N_k falls below a fraction of the mean usage
-sum_j N_j / K; restarted, it gets the mean usage, so an unused code restarts again only once its
-usage has decayed that far (log(fraction) / log(decay) steps, about 300 for 0.05 and 0.99),
-whatever the batch size. Residual quantization (Zeghidour et al., 2021, "SoundStream", Alg. 1)
+initialised by k-means on the first training batch (N_k its cluster's count, at least a floor;
+m_k the centroid times N_k, or the bare centroid as in the reference) and with dead codes
+restarted on vectors of the current batch. A code is dead when its usage N_k, after the step's
+update, falls below a fraction of the mean usage sum_j N_j / K, or below an absolute count (the
+reference's rule, which depends on the batch size); each rule is off at 0. Restarted, a code gets
+the mean usage, so under the fraction rule an unused code restarts again only once its usage has
+decayed that far (log(fraction) / log(decay) steps, about 300 for 0.05 and 0.99), whatever the
+batch size; under the absolute rule it restarts every step until it is used, if the mean usage
+is below the threshold. Residual quantization (Zeghidour et al., 2021, "SoundStream", Alg. 1)
 quantizes z with the first codebook, what is left with the second, and so on; the code vectors
 of all levels sum to the quantized vector.
 
@@ -29,6 +33,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from a2p.config.vq import KMeansSum
 
 Collective = Callable[[Tensor], None]
 """An in-place collective on one tensor: `torch.distributed.all_reduce` (sum), or a broadcast from rank 0."""
@@ -51,10 +57,26 @@ def _perplexity(counts: Tensor) -> Tensor:
 class EMACodebook(nn.Module):
     """One codebook of `codes` vectors of width `dim`, learnt by EMA of assigned vectors, not by gradients."""
 
-    def __init__(self, codes: int, dim: int, decay: float, dead_fraction: float, kmeans_iters: int) -> None:
+    def __init__(
+        self,
+        codes: int,
+        dim: int,
+        decay: float,
+        dead_fraction: float,
+        kmeans_iters: int,
+        *,
+        dead_threshold: float = 0.0,
+        kmeans_count_floor: float = 1.0,
+        kmeans_sum: KMeansSum = "count_weighted",
+    ) -> None:
         super().__init__()
+        if kmeans_sum not in ("count_weighted", "centroid"):
+            raise ValueError(f"kmeans_sum must be 'count_weighted' or 'centroid', got {kmeans_sum!r}")
         self.codes, self.dim, self.decay = codes, dim, decay
-        self.dead_fraction, self.kmeans_iters = dead_fraction, kmeans_iters
+        self.dead_fraction, self.dead_threshold = dead_fraction, dead_threshold
+        self.kmeans_iters = kmeans_iters
+        self.kmeans_count_floor = kmeans_count_floor
+        self.kmeans_sum = kmeans_sum
         self.register_buffer("embed", torch.randn(codes, dim))
         self.register_buffer("cluster_size", torch.ones(codes))
         self.register_buffer("embed_sum", self.embed.clone())
@@ -102,11 +124,16 @@ class EMACodebook(nn.Module):
             counts, sums = _assigned_sums(x, _nearest(x, centroids), weight, self.codes, all_reduce)
             filled = counts > 0
             centroids = torch.where(filled[:, None], sums / counts.clamp(min=1e-12)[:, None], centroids)
-        # Counts of at least 1 keep a code that k-means left empty where it is until it is used or
-        # restarted, instead of collapsing to the origin at the first EMA step.
-        self.cluster_size.copy_(counts.clamp(min=1.0))
+        # A floor of 1 keeps a code that k-means left empty where it is until it is used or
+        # restarted. At 0 (the reference's) such a code, unused, collapses to the origin at the
+        # first EMA step, or, with bare-centroid sums, flies off to about decay / LAPLACE_EPS
+        # times its centroid and drifts back only as decay ** steps (about 1000 steps at 0.99).
+        self.cluster_size.copy_(counts.clamp(min=self.kmeans_count_floor))
         self.embed.copy_(centroids)
-        self.embed_sum.copy_(centroids * self.cluster_size[:, None])
+        if self.kmeans_sum == "count_weighted":
+            self.embed_sum.copy_(centroids * self.cluster_size[:, None])
+        else:
+            self.embed_sum.copy_(centroids)
         self.initialized.fill_(True)
         self._known_initialized = True
 
@@ -119,20 +146,28 @@ class EMACodebook(nn.Module):
         Returns the counts (K,) of this batch summed over ranks and the mask (K,) of codes restarted.
         """
         counts, sums = _assigned_sums(x, codes, weight, self.codes, all_reduce)
-        self.cluster_size.lerp_(counts, 1.0 - self.decay)
-        self.embed_sum.lerp_(sums, 1.0 - self.decay)
+        # decay * N + (1 - decay) * n in the reference's own operations (its ema_inplace), which
+        # round differently from lerp_: the `paper` codebooks then equal the reference's bit for bit
+        # (tests/test_vq.py).
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1.0 - self.decay)
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + LAPLACE_EPS) / (total + self.codes * LAPLACE_EPS) * total
         self.embed.copy_(self.embed_sum / smoothed[:, None])
         dead = self.dead_codes()  # (K,), the same on every rank since the statistics are
-        if self.dead_fraction > 0:
+        if self.dead_fraction > 0 or self.dead_threshold > 0:
             self._restart(x, weight, dead, broadcast)
         return counts, dead
 
     def dead_codes(self) -> Tensor:
-        """Mask (K,) of the codes whose EMA usage is below `dead_fraction` of the mean code's."""
-        mean_usage = self.cluster_size.sum() / self.codes
-        return self.cluster_size < self.dead_fraction * mean_usage
+        """Mask (K,) of the codes whose EMA usage is below `dead_fraction` of the mean code's or below `dead_threshold`."""
+        dead = torch.zeros_like(self.cluster_size, dtype=torch.bool)
+        # The rules are chosen on host floats and applied on the device: no synchronisation.
+        if self.dead_fraction > 0:
+            dead |= self.cluster_size < self.dead_fraction * (self.cluster_size.sum() / self.codes)
+        if self.dead_threshold > 0:
+            dead |= self.cluster_size < self.dead_threshold
+        return dead
 
     def _restart(self, x: Tensor, weight: Tensor, dead: Tensor, broadcast: Collective) -> None:
         """Move the dead codes onto random valid rows of rank 0's batch, with the mean usage."""
@@ -190,13 +225,26 @@ class ResidualVQ(nn.Module):
         *,
         decay: float = 0.99,
         dead_fraction: float = 0.05,
+        dead_threshold: float = 0.0,
         kmeans_iters: int = 10,
+        kmeans_count_floor: float = 1.0,
+        kmeans_sum: KMeansSum = "count_weighted",
         all_reduce: Collective | None = None,
         broadcast: Collective | None = None,
     ) -> None:
         super().__init__()
         self.codebooks = nn.ModuleList(
-            EMACodebook(codes, dim, decay, dead_fraction, kmeans_iters) for _ in range(levels)
+            EMACodebook(
+                codes,
+                dim,
+                decay,
+                dead_fraction,
+                kmeans_iters,
+                dead_threshold=dead_threshold,
+                kmeans_count_floor=kmeans_count_floor,
+                kmeans_sum=kmeans_sum,
+            )
+            for _ in range(levels)
         )
         self.all_reduce: Collective = no_op
         self.broadcast: Collective = no_op

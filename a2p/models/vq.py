@@ -77,7 +77,10 @@ class BodyVQ(nn.Module):
             c.levels,
             decay=c.decay,
             dead_fraction=c.dead_fraction,
+            dead_threshold=c.dead_threshold,
             kmeans_iters=c.kmeans_iters,
+            kmeans_count_floor=c.kmeans_count_floor,
+            kmeans_sum=c.kmeans_sum,
             all_reduce=all_reduce,
             broadcast=broadcast,
         )

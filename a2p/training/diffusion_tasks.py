@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from a2p import distributed
+from a2p.config.audio import REFERENCE_FEATURIZERS
 from a2p.config.denoiser import DenoiserConfig, denoiser_preset
 from a2p.config.train import TrainConfig, paper_recipe
-from a2p.constants import FEATURE_RATE_HZ, KEYFRAME_INTERVAL
-from a2p.data.format import features_frames
+from a2p.constants import KEYFRAME_INTERVAL
 from a2p.diffusion import (
     NUM_TRAIN_STEPS,
     cosine_schedule,
@@ -71,9 +71,13 @@ class DiffusionTaskConfig:
     model: DenoiserConfig = field(default_factory=DenoiserConfig)
     """The denoiser network."""
     featurizer: str = "mel"
-    """Frozen audio featurizer (`a2p.models.audio`), used when the shards carry no features."""
+    """Frozen audio front end: a2p's (`a2p.models.audio`, used when the shards carry no features) or
+    the reference's (`vq-wav2vec`, `vq-wav2vec+lip`: `a2p.models.frontend`, run on every crop)."""
     featurizer_weights: str | None = None
-    """Local weights file of the featurizer (wav2vec2)."""
+    """Its weights file: wav2vec2's, or vq-wav2vec's (fairseq's vq-wav2vec.pt or a released checkpoint)."""
+    lip_weights: str | None = None
+    """`vq-wav2vec+lip`: the lip regressor's file (iter-0200000.pt or the released face file); None:
+    `featurizer_weights` (the released face file holds both)."""
     cond_drop_prob: float = 0.2
     """Probability of dropping a row's audio (and its guide poses) to train classifier-free guidance."""
     cond_dropout: CondDropout = "joint"
@@ -120,8 +124,9 @@ class DiffusionTask(Task):
             )
         self._schedule = None
         self.audio = AudioInputs(
-            config.featurizer, config.featurizer_weights, config.model.audio_dim, "task.model.audio_dim"
-        )
+            config.featurizer, config.featurizer_weights, config.model.audio_dim, "task.model.audio_dim",
+            role=self.name, lip_weights=config.lip_weights,
+        )  # fmt: skip
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
         return self.audio.loader(ctx, self.name, self.config.num_workers, self.config.shuffle_buffer)
@@ -207,7 +212,7 @@ class DiffusionTask(Task):
         batch = {k: v.to(ctx.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         frames = int(batch["length"][0])
         guide = batch["keyframes"][:, : max(frames // KEYFRAME_INTERVAL, 1)] if self.uses_guide else None
-        features = self.audio(batch, ctx.device)[:, : features_frames(frames, FEATURE_RATE_HZ)]
+        features = self.audio.clip_features(batch, ctx.device, frames)
         seed = int(np.random.SeedSequence([ctx.seed, index]).generate_state(1)[0])
         generated = sample_motion(
             model, features.float(), frames, guide=guide, setting=self.config.eval_sampler,
@@ -290,16 +295,17 @@ def window_metrics(windows: list[EvalWindow], chunk: int) -> dict[str, float]:
 
 
 def _presets(model: str, **task_fields: Any) -> dict[str, DiffusionTaskConfig]:
-    """`paper`: the reference's recipe and independent dropout; `a2p`: joint dropout; `debug`: tiny.
-
-    Both train the `a2p` model preset (the paper's sizes, a2p's positions and mel features): the
-    released architecture (`denoiser_preset(model, "paper")`) reads the reference's vq-wav2vec
-    (+ lip) front end, which the trainer does not run yet (`a2p import-reference` and `a2p
-    sample` do)."""
+    """`paper`: the released architecture (`denoiser_preset(model, "paper")`) on the reference's
+    front end (`REFERENCE_FEATURIZERS`: vq-wav2vec, + the lip regressor for the face, whose
+    weights it needs: `--audio-weights`), with independent dropout; `a2p`: a2p's variant on mel
+    features with joint dropout; `debug`: tiny, mel."""
     return {
         "paper": DiffusionTaskConfig(
-            model=denoiser_preset(model, "a2p"), cond_dropout="independent", **task_fields
-        ),
+            model=denoiser_preset(model, "paper"),
+            featurizer=REFERENCE_FEATURIZERS[model],
+            cond_dropout="independent",
+            **task_fields,
+        ),  # fmt: skip
         "a2p": DiffusionTaskConfig(model=denoiser_preset(model, "a2p"), **task_fields),
         "debug": DiffusionTaskConfig(model=denoiser_preset(model, "debug"), **task_fields),
     }

@@ -12,10 +12,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from a2p.config.audio import REFERENCE_FEATURE_DIMS
 from a2p.errors import A2PError
-from a2p.models.export import Exported, load_export, write_export
+from a2p.models.export import FRONTEND_PREFIX, Exported, load_export, write_export
+from a2p.models.frontend import read_reference_front_end
 from a2p.models.registry import build_model
 from a2p.training.checkpoint import EMA_FILE, MODEL_FILE, load_file
 from a2p.training.run_dir import META, checkpoint_root, latest_checkpoint, read_meta
@@ -67,7 +69,20 @@ def load_run_or_export(path: str | Path, expect_task: str) -> Exported:
     meta, config, model, weights = model_of_run(path)
     if meta["task"] != expect_task:
         raise A2PError(f"{path}: is a {meta['task']!r} run, but a {expect_task!r} model is needed here")
-    return Exported(meta["task"], config["task"], model, int(meta["step"]), weights, _training_stats(config))
+    return Exported(
+        meta["task"], config["task"], model, int(meta["step"]), weights, _training_stats(config),
+        _front_end_tensors(config),
+    )  # fmt: skip
+
+
+def _front_end_tensors(config: dict[str, Any]) -> dict[str, Tensor] | None:
+    """The reference front end the run trained on (read again from the files its config names),
+    which the export stores beside the model; None for a2p's featurizers (rebuilt from their name)."""
+    task = config.get("task", {})
+    featurizer = task.get("featurizer")
+    if featurizer not in REFERENCE_FEATURE_DIMS:
+        return None
+    return read_reference_front_end(featurizer, task.get("featurizer_weights"), task.get("lip_weights"))
 
 
 def _training_stats(config: dict[str, Any]) -> dict[str, list[float]] | None:
@@ -90,9 +105,10 @@ def export_run(run: str | Path, out: str | Path, use_ema: bool = True) -> Path:
     """Write the EMA weights (or the raw weights) of `run`'s latest checkpoint to `out`, atomically."""
     meta, config, model, weights = model_of_run(run, use_ema)
     checkpoint = _checkpoint_of(run)
+    frontend = _front_end_tensors(config) or {}
     out = write_export(
         out,
-        model.state_dict(),
+        model.state_dict() | {FRONTEND_PREFIX + name: tensor for name, tensor in frontend.items()},
         task=meta["task"],
         config=config["task"],
         step=int(meta["step"]),

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from a2p.config.audio import REFERENCE_FEATURIZERS
 from a2p.config.guide import GuideConfig, guide_preset
 from a2p.config.train import TrainConfig, paper_recipe
 from a2p.config.vq import VQConfig, vq_preset
@@ -111,9 +112,9 @@ class GuideTaskConfig:
     vq: str = ""
     """Trained VQ: a run directory or an `a2p export` file (`a2p train guide --vq ...`)."""
     featurizer: str = "mel"
-    """Frozen audio featurizer, used when the shards carry no features."""
+    """Frozen audio front end (`DiffusionTaskConfig.featurizer`): `vq-wav2vec` is the reference's."""
     featurizer_weights: str | None = None
-    """Local weights file of the featurizer (wav2vec2)."""
+    """Its weights file: wav2vec2's, or vq-wav2vec's (fairseq's vq-wav2vec.pt or a released checkpoint)."""
     crops: CropLengths = "random"
     """`fixed`: every crop 600 frames, 20 keyframes (the reference's train_guide); `random`: 400 to 599, padded."""
     num_workers: int = 0
@@ -128,8 +129,10 @@ class GuideTask(Task):
 
     config_class = GuideTaskConfig
     presets = {
-        # a2p's guide architecture: the released one reads vq-wav2vec, not run by the trainer yet
-        "paper": GuideTaskConfig(model=guide_preset("a2p"), crops="fixed"),
+        # the released architecture on vq-wav2vec features (whose weights it needs: --audio-weights)
+        "paper": GuideTaskConfig(
+            model=guide_preset("paper"), featurizer=REFERENCE_FEATURIZERS["guide"], crops="fixed"
+        ),
         "a2p": GuideTaskConfig(model=guide_preset("a2p")),
         "debug": GuideTaskConfig(model=guide_preset("debug")),
     }
@@ -150,7 +153,11 @@ class GuideTask(Task):
                 f"task.model expects {config.model.levels} x {config.model.codes}"
             )
         self.audio = AudioInputs(
-            config.featurizer, config.featurizer_weights, config.model.audio_dim, "task.model.audio_dim"
+            config.featurizer,
+            config.featurizer_weights,
+            config.model.audio_dim,
+            "task.model.audio_dim",
+            "guide",
         )
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:

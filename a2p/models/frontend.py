@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -29,11 +30,13 @@ from a2p.errors import A2PError
 from a2p.models.audio import Featurizer, build_featurizer, featurize_long
 from a2p.models.export import Exported
 from a2p.models.lip import LIP_DIM, LipRegressor, lip_condition, lip_regressor_from_state
+from a2p.models.torch_files import FAIRSEQ_GLOBALS, load_torch_file
 from a2p.models.wav2vec1 import (
     VQ_WAV2VEC,
     WAV2VEC_LARGE,
     VQWav2VecFeatures,
     build_wav2vec1,
+    load_vq_wav2vec_features,
     vq_wav2vec_features_from_state,
     vq_wav2vec_frames,
 )
@@ -42,6 +45,10 @@ ROLES = ("face", "body", "guide")
 """The models that read audio, in the order their features are computed."""
 LIP_PREFIX = "lip_model."
 """The lip regressor's tensors in a face export's front end (the released face file's names)."""
+AUDIO_PREFIX = "audio_model."
+"""vq-wav2vec's tensors in an export's front end (the released files' names)."""
+RESAMPLER_KEY = "audio_resampler.kernel"
+"""The 48 -> 16 kHz resampling kernel stored beside them."""
 
 
 class FrontEnd(nn.Module):
@@ -118,8 +125,15 @@ class ReferenceFeatures(FrontEnd):
     def featurizer_for(self, role: str) -> Callable[[Tensor], Tensor]:
         return lambda audio: self.features(audio, (role,))[role]
 
-    def features(self, audio: Tensor, roles: tuple[str, ...]) -> dict[str, Tensor]:
-        """The features of `roles`, each extractor (and the lip regressor) run at most once."""
+    def features(
+        self, audio: Tensor, roles: tuple[str, ...], valid_samples: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The features of `roles`, each extractor (and the lip regressor) run at most once.
+
+        `valid_samples` (B,): samples of each row before its padding, which is zero after the
+        normalization, as the reference pads its normalized training crops (data_loaders/data.py
+        `_pad_sequence`); None: every sample is audio.
+        """
         frames = audio.shape[1] // SAMPLES_PER_FRAME  # the reference reads whole motion frames
         if frames < 1:
             raise ValueError(
@@ -127,6 +141,9 @@ class ReferenceFeatures(FrontEnd):
             )
         with torch.no_grad(), torch.autocast(audio.device.type, enabled=False):
             x = (audio[:, : frames * SAMPLES_PER_FRAME].float() - self.audio_mean) / self.audio_std
+            if valid_samples is not None:
+                position = torch.arange(x.shape[1], device=x.device)
+                x = x * (position[None, :] < valid_samples.to(x.device)[:, None]).unsqueeze(-1)
             vq: dict[int, Tensor] = {}
             lip: Tensor | None = None
             out = {}
@@ -191,6 +208,95 @@ def _reference_front_end(
     tokens = min(exports[role].model.config.null_audio_tokens for role in ROLES)
     max_frames = max(f for f in range(1, tokens + 1) if vq_wav2vec_frames(f) <= tokens)
     return ReferenceFeatures(extractors, lip, tuple(lip_roles), audio_mean, audio_std, max_frames)
+
+
+def reference_front_end(
+    tensors: Mapping[str, Tensor],
+    featurizer: str,
+    role: str,
+    audio_mean: Tensor,
+    audio_std: Tensor,
+    source: str,
+) -> ReferenceFeatures:
+    """The front end of one model (`role`) from its reference-named tensors (`read_reference_front_end`)."""
+    vq_tensors, lip_tensors = split_lip(tensors)
+    extractor = vq_wav2vec_features_from_state(vq_tensors, source)
+    lip = (
+        lip_regressor_from_state(lip_tensors, source) if reads_lip(featurizer, lip_tensors, source) else None
+    )
+    lip_roles = (role,) if lip is not None else ()
+    return ReferenceFeatures({role: extractor}, lip, lip_roles, audio_mean, audio_std, CROP_MAX_FRAMES)
+
+
+def read_reference_front_end(
+    featurizer: str, weights: str | None, lip_weights: str | None
+) -> dict[str, Tensor]:
+    """The tensors of a `featurizer` front end (`REFERENCE_FEATURIZERS`), named as in a released
+    file (`audio_model.*`, `audio_resampler.kernel`, `lip_model.*`), as an export stores them.
+
+    `weights`: fairseq's `vq-wav2vec.pt` or a released face/body/guide checkpoint; `lip_weights`
+    (the `+lip` kind only; None: `weights`): the regressor's `iter-0200000.pt` or the released face
+    checkpoint. `reference_front_end` builds the front end from them, strictly.
+    """
+    if featurizer not in REFERENCE_FEATURIZERS.values():
+        raise A2PError(
+            f"{featurizer!r} is not one of the reference's front ends {sorted(set(REFERENCE_FEATURIZERS.values()))}"
+        )
+    if not weights:
+        raise A2PError(
+            f"the {featurizer!r} front end needs the frozen vq-wav2vec's weights: fairseq's vq-wav2vec.pt "
+            "or a released audio2photoreal checkpoint (train: --audio-weights FILE)"
+        )
+    tensors = _vq_wav2vec_tensors(Path(weights))
+    if featurizer.endswith("+lip"):
+        tensors |= _lip_tensors(Path(lip_weights or weights))
+    elif lip_weights:
+        raise A2PError(
+            f"{lip_weights}: a lip regressor was given, but a {featurizer!r} model does not read one"
+        )
+    return tensors
+
+
+def _vq_wav2vec_tensors(path: Path) -> dict[str, Tensor]:
+    """vq-wav2vec's extractor and resampler kernel, reference-named, from a fairseq asset or a release."""
+    stored = load_torch_file(
+        path, allow=FAIRSEQ_GLOBALS, what="vq-wav2vec.pt or an audio2photoreal checkpoint"
+    )
+    if "args" in stored and isinstance(stored.get("model"), Mapping):
+        asset = load_vq_wav2vec_features(path)  # the asset's own flags, from its args
+        tensors = {f"{AUDIO_PREFIX}{k}": v for k, v in asset.feature_extractor.state_dict().items()}
+        tensors[RESAMPLER_KEY] = asset.resampler.kernel
+        rebuilt = vq_wav2vec_features_from_state(tensors, str(path))  # the flags every release has
+        probe = torch.randn(1, 3 * SAMPLES_PER_FRAME, 2, generator=torch.Generator().manual_seed(0))
+        if not torch.equal(asset(probe), rebuilt(probe)):
+            raise A2PError(f"{path}: its args describe another feature extractor than vq-wav2vec's")
+        return tensors
+    state = stored.get("model_state_dict", stored)
+    if not isinstance(state, Mapping):
+        raise A2PError(f"{path}: 'model_state_dict' is a {type(state).__name__}, not a state dict")
+    tensors = {
+        k: v
+        for k, v in state.items()
+        if k.startswith(f"{AUDIO_PREFIX}feature_extractor.") or k == RESAMPLER_KEY
+    }
+    if not tensors:
+        raise A2PError(
+            f"{path}: holds no vq-wav2vec ('{AUDIO_PREFIX}feature_extractor.*'): not vq-wav2vec.pt or a released checkpoint"
+        )
+    return tensors
+
+
+def _lip_tensors(path: Path) -> dict[str, Tensor]:
+    """The lip regressor's tensors under `lip_model.`, from `iter-0200000.pt` or the released face file."""
+    stored = load_torch_file(path, what="the lip regressor (iter-0200000.pt) or the face checkpoint")
+    if isinstance(stored.get("model_state_dict"), Mapping):
+        return {f"{LIP_PREFIX}{k}": v for k, v in stored["model_state_dict"].items()}
+    tensors = {k: v for k, v in stored.items() if k.startswith(LIP_PREFIX)}
+    if not tensors:
+        raise A2PError(
+            f"{path}: holds neither 'model_state_dict' (iter-0200000.pt) nor '{LIP_PREFIX}*' tensors (the face checkpoint)"
+        )
+    return tensors
 
 
 def split_lip(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
