@@ -35,7 +35,7 @@ from a2p.inference import Pipeline
 from a2p.inference.pipeline import Windowing
 from a2p.models.export import load_export
 from a2p.models.lip import face_audio_condition, load_lip_regressor
-from a2p.models.wav2vec1 import load_vq_wav2vec_features
+from a2p.models.wav2vec1_files import load_vq_wav2vec_features
 
 STATS = FIXTURES / "GQS883_data_stats.pth"
 NAMES = ("face", "body", "guide", "vq")

@@ -32,13 +32,15 @@ from a2p.models.wav2vec1 import (
     VQ_WAV2VEC_FEATURE_LAYERS,
     ConvFeatureExtractor,
     VQWav2VecFeatures,
+    resample_kernel,
+    vq_wav2vec_frames,
+)
+from a2p.models.wav2vec1_files import (
     architecture_from_fairseq_args,
     check_resample_kernel,
     load_vq_wav2vec_features,
     load_wav2vec1_asset,
-    resample_kernel,
     vq_wav2vec_features_from_state,
-    vq_wav2vec_frames,
 )
 from tests.reference_weights import (
     assert_close_to_golden,

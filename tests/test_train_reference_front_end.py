@@ -23,7 +23,8 @@ from a2p.data.format import load_manifest
 from a2p.errors import ConfigError
 from a2p.models.export import load_export
 from a2p.models.lip import face_audio_condition, load_lip_regressor
-from a2p.models.wav2vec1 import load_vq_wav2vec_features, vq_wav2vec_frames
+from a2p.models.wav2vec1 import vq_wav2vec_frames
+from a2p.models.wav2vec1_files import load_vq_wav2vec_features
 from a2p.training.audio_inputs import AudioInputs
 
 SMALL = {  # the paper presets' schemes (positions, null tokens, front end) at a test's sizes

@@ -36,10 +36,9 @@ from a2p.models.wav2vec1 import (
     WAV2VEC_LARGE,
     VQWav2VecFeatures,
     build_wav2vec1,
-    load_vq_wav2vec_features,
-    vq_wav2vec_features_from_state,
     vq_wav2vec_frames,
 )
+from a2p.models.wav2vec1_files import load_vq_wav2vec_features, vq_wav2vec_features_from_state
 
 ROLES = ("face", "body", "guide")
 """The models that read audio, in the order their features are computed."""

@@ -38,11 +38,13 @@ from a2p.models.wav2vec1 import (
     VQ_WAV2VEC_FEATURE_LAYERS,
     WAV2VEC_LARGE,
     WAV2VEC_SAMPLE_RATE,
-    WAV2VEC_TENSOR,
     VQWav2VecFeatures,
     Wav2Vec1,
     Wav2Vec1Architecture,
     build_wav2vec1,
+)
+from a2p.models.wav2vec1_files import (
+    WAV2VEC_TENSOR,
     check_resample_kernel,
     load_strict,
     stored_feature_layers,
