@@ -22,6 +22,8 @@ setup(
         "deepspeed==0.19.8",
         "accelerate==1.15.0",
         "webdataset==1.0.2",
+        # webdataset's indexed reader (random access into the tar shards), its own package since 0.3
+        "wids==0.1.11",
         "tensorboard==2.21.0",
         "numpy>=1.26,<3",
         "soundfile==0.14.0",

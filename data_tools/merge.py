@@ -20,6 +20,7 @@ from a2p.data.format import (
     frames_to_hours,
     save_manifest,
 )
+from a2p.data.indexed import write_descriptors
 from a2p.errors import DataError
 from data_tools.journal import PARTS_DIR, PartRecord, part_record_path
 from data_tools.stats import Moments
@@ -135,6 +136,7 @@ def merge_parts(shard_dir: str | Path) -> Manifest:
         sources=dict(sorted({k: v for r in records for k, v in r.sources.items()}.items())),
         tool_version=first.tool_version,
     )
+    write_descriptors(manifest, shard_dir)  # before the manifest, which marks a finished build
     save_manifest(manifest, shard_dir)
     logger.info(
         "wrote %s: %s",

@@ -1,4 +1,4 @@
-"""The training stream: split over ranks and workers, fixed epoch length, reshuffling, exact resume, errors."""
+"""The training loader: one global order on any ranks x workers, fixed epoch length, exact resume, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from loader_shards import write_shards
 
-from a2p.data import TrainStream, build_eval_loader, build_train_loader, worker_plan
+from a2p.data import TrainStream, build_eval_loader, build_train_loader
 from a2p.data.format import load_manifest, save_manifest
 from a2p.errors import DataError
 
@@ -56,6 +56,43 @@ def test_two_ranks_two_workers_see_disjoint_equal_batches(shards):
     assert len(crops) == 16
 
 
+def global_batches(root, world_size: int, workers: int, micro: int = 12, epochs: int = 2) -> list[list]:
+    """Every micro-batch of all ranks together: sorted (draw, key, crop start, length, task seed)."""
+    per_rank = []
+    for rank in range(world_size):
+        loader = build_train_loader(
+            root, micro // world_size, seed=5, rank=rank, world_size=world_size, num_workers=workers,
+            audio=False, batches_per_epoch=3,
+        )  # fmt: skip
+        batches = []
+        for _ in range(epochs):
+            batches += [
+                [(int(d), k, int(s), int(n), int(z))
+                 for d, k, s, n, z in zip(b["draw"], b["key"], b["start"], b["length"], b["sample_seed"])]
+                for b in loader
+            ]  # fmt: skip
+        per_rank.append(batches)
+    return [sorted(row for rank in per_rank for row in rank[i]) for i in range(len(per_rank[0]))]
+
+
+def test_the_same_global_batches_on_any_world_size_and_workers(shards):
+    expected = global_batches(shards, 1, 0)
+    assert [row[0] for batch in expected for row in batch] == list(range(72))  # draws in order
+    assert len({row[1] for row in expected[0]}) == 12  # a permutation: no window twice in 16 draws
+    for world_size in (1, 2, 3, 4):
+        for workers in (0, 1, 2):
+            assert global_batches(shards, world_size, workers) == expected, (world_size, workers)
+
+
+def test_one_shard_feeds_two_ranks_with_two_workers_each(tmp_path):
+    write_shards(tmp_path, {"train": [1300] * 3}, per_shard=6)  # 6 windows, all in one shard
+    assert len(load_manifest(tmp_path).splits["train"].shards) == 1
+    per_rank = [epoch_items(tmp_path, rank, 2, 2, crops_per_window=2) for rank in range(2)]
+    assert [len(batches) for batches in per_rank] == [3, 3]  # 12 draws / (2 ranks x 2)
+    keys = [key for batches in per_rank for batch in batches for key, _, _ in batch]
+    assert len(set(keys)) == 6 and all(keys.count(key) == 2 for key in keys)
+
+
 def test_epochs_reshuffle_and_seeds_reproduce(shards):
     first = epoch_items(shards, 0, 2, 2, seed=7)
     assert epoch_items(shards, 0, 2, 2, seed=7) == first
@@ -88,20 +125,6 @@ def test_main_process_iteration_equals_worker_processes(shards):
     assert in_process == epoch_items(shards, 1, 2, 2, seed=3)
 
 
-def test_worker_plan_keeps_round_robin_order():
-    for total in (1, 5, 8):
-        for workers in (1, 2, 3):
-            for start in range(total + 1):
-                order = []
-                plans = [worker_plan(start, total, workers, w) for w in range(workers)]
-                assert [p.count for p in plans] == sorted((p.count for p in plans), reverse=True)
-                for step in range(max(p.count for p in plans)):
-                    for p in plans:
-                        if step < p.count:
-                            order.append((p.skip + step) * workers + p.stream)
-                assert order == list(range(start, total))
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resumed_loader_continues_the_same_stream(shards, workers):
     def make():
@@ -113,7 +136,6 @@ def test_resumed_loader_continues_the_same_stream(shards, workers):
             world_size=2,
             num_workers=workers,
             batches_per_epoch=3,
-            shuffle_buffer=3,
         )
 
     def take(loader, count):
@@ -152,25 +174,26 @@ def test_resume_decodes_only_what_it_delivers(shards, monkeypatch):
     assert len(list(loader)) == 2 and len(filled) == 2 * 2  # 6 batches skipped without decoding
 
 
-def test_state_from_another_layout_warns_and_resharded_state_scales(shards, caplog):
+def test_another_seed_restarts_the_epoch_and_other_ranks_continue_at_the_same_draw(shards, caplog):
     loader = build_train_loader(shards, 2, seed=0, rank=0, world_size=2, audio=False)
     state = loader.state_dict()
     with caplog.at_level(logging.WARNING, logger="a2p.data.pipeline"):
         build_train_loader(shards, 2, seed=1, rank=0, world_size=2, audio=False).load_state_dict(state)
-    assert "seed 0 -> 1" in caplog.text
-    saved = [{**state, "epoch": 3, "batch": 2}, {**state, "rank": 1, "epoch": 3, "batch": 2}]
-    one_rank = build_train_loader(shards, 2, seed=0, rank=0, world_size=1, audio=False)
-    one_rank.load_resharded_state(saved)  # 2 of 4 batches -> 4 of 8
-    assert (one_rank.state_dict()["epoch"], one_rank.state_dict()["batch"]) == (3, 4)
-
-
-def test_fewer_shards_than_ranks_times_workers(tmp_path):
-    write_shards(tmp_path, {"train": [700] * 3}, per_shard=1)
-    with pytest.raises(DataError) as err:
-        build_train_loader(tmp_path, 1, rank=0, world_size=2, num_workers=2)
-    message = str(err.value)
-    assert str(tmp_path) in message and "3 shard(s)" in message and "2 x 2 = 4" in message
-    build_train_loader(tmp_path, 1, rank=0, world_size=3, num_workers=1)  # 3 streams: enough
+    assert "another sample order" in caplog.text and "seed 0 -> 1" in caplog.text
+    # 2 ranks x 2 stopped after 3 micro-batches (12 draws): 1 rank x 4 continues at draw 12
+    two = [build_train_loader(shards, 2, seed=0, rank=r, world_size=2, audio=False) for r in range(2)]
+    following = []
+    for loader in two:
+        batches = iter(loader)
+        for _ in range(3):
+            next(batches)
+        saved_position = loader.state_dict()
+        following += next(batches)["draw"].tolist()
+        assert saved_position["draws"] == 12
+    saved = [{**loader.state_dict(), "epoch": 0, "batch": 3, "draws": 12} for loader in two]
+    one = build_train_loader(shards, 4, seed=0, rank=0, world_size=1, audio=False)
+    one.load_resharded_state(saved)
+    assert next(iter(one))["draw"].tolist() == sorted(following) == [12, 13, 14, 15]
 
 
 def test_missing_manifest(tmp_path):

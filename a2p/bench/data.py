@@ -1,4 +1,5 @@
-"""`a2p bench data`: training-loader throughput per worker and resident memory against dataset size.
+"""`a2p bench data`: training-loader throughput per worker and resident memory against dataset size,
+and rank 0's throughput at simulated world sizes with the check that the global order holds.
 
 With `--data SHARDS/PERSON` it measures that folder's training split. Without it, it writes
 synthetic shards of two sizes (`--windows` windows and `--scale` times as many: 40 s windows of
@@ -7,11 +8,16 @@ a temporary folder and measures both, to show that memory does not grow with the
 
 For each dataset and worker count, in a fresh process, it iterates `--batches` batches of `--batch-size` training crops
 (600 frames + 16 s of stereo audio each) and reports: time to the first batch (worker start-up and
-shuffle-buffer fill), samples/s after it, samples/s per worker, and the resident memory of the
+the first shards' indexing), samples/s after it, samples/s per worker, and the resident memory of the
 main process plus its DataLoader workers from /proc: peaks sampled every 250 ms of summed RSS
 (counts pages shared between the forked processes once per process) and summed PSS (shares them
 out; sums to the true footprint), and summed PSS after each quarter of the batches (memory over
-time: flat while the streams wrap around their shards again and again).
+time: flat while the readers open and close shards).
+
+Then, for each of `--world-sizes` (1, 8, 64) at one global micro-batch (`--global-batch`, 64), it
+times rank 0's loader in this process (samples/s per rank), and reads the first two global
+micro-batches as all W ranks read them (every rank simulated in this process) to check that they
+are the same samples and crops as one rank's.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from a2p.data.format import (
     save_manifest,
     shard_name,
 )
-from a2p.data.pipeline import DEFAULT_SHUFFLE_BUFFER, build_train_loader
+from a2p.data.pipeline import DEFAULT_OPEN_SHARDS, build_train_loader
 
 
 @dataclass
@@ -193,7 +199,7 @@ def write_synthetic_shards(root: Path, windows: int, per_shard: int, seed: int =
 
 
 def measure(
-    shard_dir: Path, label: str, workers: int, batch_size: int, batches: int, audio: bool, shuffle_buffer: int
+    shard_dir: Path, label: str, workers: int, batch_size: int, batches: int, audio: bool, open_shards: int
 ) -> Result:
     """Iterate `batches` batches of the training loader (over epochs as needed) and time them."""
     manifest = load_manifest(shard_dir)
@@ -208,7 +214,7 @@ def measure(
         num_workers=workers,
         audio=audio,
         batches_per_epoch=batches,
-        shuffle_buffer=shuffle_buffer,
+        open_shards=open_shards,
     )
     done = 0
     first = 0.0
@@ -261,7 +267,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
-def render(results: list[Result], audio: bool, shuffle_buffer: int) -> str:
+def render(results: list[Result], audio: bool, open_shards: int) -> str:
     header = ["data", "windows", "shards", "GB", "workers", "batch", "first s", "samples/s", "per worker",
               "RSS MB", "PSS MB", "PSS vs first", "PSS MB at 1/4 .. 4/4"]  # fmt: skip
     rows = []
@@ -287,17 +293,72 @@ def render(results: list[Result], audio: bool, shuffle_buffer: int) -> str:
         )
     crop = "600-frame crops" + (" with 16 s stereo audio" if audio else " without audio")
     lines = [
-        f"a2p bench data: training loader, {crop}, shuffle buffer {shuffle_buffer}, "
+        f"a2p bench data: training loader, {crop}, {open_shards} open shards per reader, "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs",
         "",
         *table(header, rows),
         "",
-        "one epoch of the given batches per row (streams wrap around their shards as needed);",
+        "one loader epoch of the given batches per row (the global order continues across epochs);",
         "samples/s excludes the first batch; RSS and PSS are peaks of main + worker processes;",
         "PSS vs first: against the first dataset with the same workers (flat = memory independent of data size);",
         "PSS at 1/4 .. 4/4: summed PSS after each quarter of the batches (flat = no growth over time).",
     ]
     return "\n".join(lines)
+
+
+def global_micro_batches(shard_dir: Path, world_size: int, global_batch: int, count: int) -> list[list]:
+    """The first `count` global micro-batches as every simulated rank of `world_size` reads them:
+    sorted (draw, key, crop start, length) over all ranks, waveforms not decoded."""
+    rows: list[list] = [[] for _ in range(count)]
+    for rank in range(world_size):
+        loader = build_train_loader(
+            shard_dir, global_batch // world_size, seed=0, rank=rank, world_size=world_size,
+            audio=False, batches_per_epoch=count,
+        )  # fmt: skip
+        for index, batch in enumerate(loader):
+            rows[index] += [
+                (int(d), k, int(s), int(n))
+                for d, k, s, n in zip(batch["draw"], batch["key"], batch["start"], batch["length"])
+            ]
+    return [sorted(batch) for batch in rows]
+
+
+def world_size_report(
+    shard_dir: Path, sizes: list[int], global_batch: int, batches: int, audio: bool, open_shards: int
+) -> str:
+    """Rank 0's samples/s at each simulated world size (the same global batch), and whether all
+    ranks together read the same global order as one rank."""
+    rows, reference = [], global_micro_batches(shard_dir, 1, global_batch, 2)
+    for world_size in sizes:
+        if global_batch % world_size:
+            raise SystemExit(f"--global-batch {global_batch} is not a multiple of world size {world_size}")
+        per_rank = global_batch // world_size
+        timed = measure_rank(shard_dir, world_size, per_rank, batches, audio, open_shards)
+        same = global_micro_batches(shard_dir, world_size, global_batch, 2) == reference
+        rows.append([str(world_size), str(per_rank), f"{timed:.1f}", "yes" if same else "NO"])
+    lines = [
+        f"a2p bench data: rank 0 of W simulated ranks, global micro-batch {global_batch}, {shard_dir}",
+        *table(["ranks W", "batch per rank", "rank 0 samples/s", "same global order as 1 rank"], rows),
+        "samples/s excludes the first batch; the order check compares the first 2 global micro-batches",
+        "(sample, crop start, length of every row of every rank) with one rank's.",
+    ]
+    return "\n".join(lines)
+
+
+def measure_rank(
+    shard_dir: Path, world_size: int, batch_size: int, batches: int, audio: bool, open_shards: int
+) -> float:
+    """Samples/s of rank 0 of `world_size` after its first batch, in this process (no workers)."""
+    loader = build_train_loader(
+        shard_dir, batch_size, seed=0, rank=0, world_size=world_size, audio=audio,
+        batches_per_epoch=batches, open_shards=open_shards,
+    )  # fmt: skip
+    iterator = iter(loader)
+    next(iterator)
+    begin = time.perf_counter()
+    done = sum(1 for _ in iterator)
+    elapsed = time.perf_counter() - begin
+    return done * batch_size / elapsed if elapsed > 0 else float("nan")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batches", type=int, default=30, help="batches per measurement (the first is timed apart)"
     )
     parser.add_argument(
-        "--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER, help="samples per stream"
+        "--open-shards", type=int, default=DEFAULT_OPEN_SHARDS, help="shards a reader keeps open"
     )
     parser.add_argument("--windows", type=int, default=40, help="synthetic: windows of the small dataset")
     parser.add_argument(
@@ -322,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-shard", type=int, default=2, help="synthetic: windows per shard")
     parser.add_argument("--no-audio", action="store_true", help="skip decoding the waveform")
     parser.add_argument("--keep", type=Path, help="synthetic: write the shards here and keep them")
+    parser.add_argument(
+        "--world-sizes", type=int, nargs="*", default=[1, 8, 64],
+        help="simulated world sizes for rank 0's samples/s and the global-order check (none: skip)",
+    )  # fmt: skip
+    parser.add_argument("--global-batch", type=int, default=64, help="global micro-batch of those runs")
     return parser
 
 
@@ -330,7 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     audio = not args.no_audio
     results: list[Result] = []
+    reports: list[str] = []
     if args.data is not None:
+        if args.world_sizes:
+            reports.append(
+                world_size_report(
+                    args.data, args.world_sizes, args.global_batch, args.batches, audio, args.open_shards
+                )
+            )
         for workers in args.workers:
             results.append(
                 measure_fresh(
@@ -340,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.batch_size,
                     args.batches,
                     audio,
-                    args.shuffle_buffer,
+                    args.open_shards,
                 )
             )
     else:
@@ -351,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
                 root = top / f"synthetic-{label}"
                 if not (root / "manifest.json").is_file():
                     write_synthetic_shards(root, windows, args.per_shard)
+            if args.world_sizes:
+                reports.append(
+                    world_size_report(
+                        top / "synthetic-1x", args.world_sizes, args.global_batch, args.batches, audio,
+                        args.open_shards,
+                    )
+                )  # fmt: skip
             for workers in args.workers:
                 for label, _ in sizes:
                     root = top / f"synthetic-{label}"
@@ -362,11 +442,14 @@ def main(argv: list[str] | None = None) -> int:
                             args.batch_size,
                             args.batches,
                             audio,
-                            args.shuffle_buffer,
+                            args.open_shards,
                         )
                     )
         finally:
             if not args.keep:
                 shutil.rmtree(top, ignore_errors=True)
-    print(render(results, audio, args.shuffle_buffer))
+    print(render(results, audio, args.open_shards))
+    for report in reports:
+        print()
+        print(report)
     return 0

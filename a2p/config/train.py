@@ -168,6 +168,10 @@ class TrainConfig:
     """Optimizer steps of the whole run (a resumed run stops at the same step)."""
     batch_size: int = 8
     """Samples per device per micro-step (the global batch is this x ranks x grad_accum)."""
+    global_batch_size: int = 0
+    """Samples per optimizer step over all ranks; when set, each rank's batch is this / (ranks x
+    grad_accum) and `batch_size` is not read, so a run resumed on another number of ranks sees
+    the same global batches. 0: batch_size x ranks x grad_accum."""
     grad_accum: int = 1
     """Micro-steps whose gradients are summed before one optimizer step."""
     grad_clip: float = 1.0
@@ -203,6 +207,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 0:
             raise ConfigError(f"train.max_steps must not be negative, got {self.max_steps}")
+        if self.global_batch_size < 0:
+            raise ConfigError(f"train.global_batch_size must not be negative, got {self.global_batch_size}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be positive")
         if self.grad_clip < 0.0:
@@ -211,6 +217,18 @@ class TrainConfig:
             raise ConfigError("train.preempt_check_interval must be positive")
         if self.backend == "deepspeed" and not self.deepspeed_config:
             raise ConfigError("train.backend is 'deepspeed' but train.deepspeed_config names no JSON file")
+
+    def rank_batch_size(self, world_size: int) -> int:
+        """Samples per rank per micro-step on `world_size` ranks (`global_batch_size` divided up)."""
+        if not self.global_batch_size:
+            return self.batch_size
+        per_step = world_size * self.grad_accum
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size {self.global_batch_size} is not a multiple of ranks x "
+                f"grad_accum = {world_size} x {self.grad_accum}"
+            )
+        return self.global_batch_size // per_step
 
     @property
     def schedule_steps(self) -> int:

@@ -23,7 +23,7 @@ _EXPORTS = {
     "iter_shard": "a2p.data.decode",
     "Manifest": "a2p.data.format",
     "load_manifest": "a2p.data.format",
-    "DEFAULT_SHUFFLE_BUFFER": "a2p.data.pipeline",
+    "DEFAULT_OPEN_SHARDS": "a2p.data.pipeline",
     "EvalLoader": "a2p.data.eval_loader",
     "EvalStream": "a2p.data.eval_loader",
     "TrainLoader": "a2p.data.pipeline",
@@ -32,7 +32,6 @@ _EXPORTS = {
     "build_train_loader": "a2p.data.pipeline",
     "worker_init": "a2p.data.shards",
     "LoaderPosition": "a2p.data.state",
-    "worker_plan": "a2p.data.state",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -114,7 +114,6 @@ class AudioInputs:
         ctx: TaskContext,
         task: str,
         num_workers: int,
-        shuffle_buffer: int,
         min_frames: int | None = None,
     ) -> ResumableIterable:
         """This rank's training loader over `ctx.data`, decoding audio only when features are missing.
@@ -133,7 +132,6 @@ class AudioInputs:
             rank=ctx.rank,
             world_size=ctx.world_size,
             num_workers=num_workers,
-            shuffle_buffer=shuffle_buffer,
             audio=not self.shards_have_features,
             features=True,
             units=ctx.units,

@@ -64,6 +64,33 @@ def condition_keep_masks(
     return keep, None
 
 
+def per_sample_draws(
+    seeds: Tensor,
+    shape: tuple[int, ...],
+    drop_prob: float,
+    mode: CondDropout,
+    with_guide: bool,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Each row's timestep (B,), noise (B, *shape) and condition keeps (B,), from a CPU generator
+    seeded by the row's `sample_seed` (`a2p.data.order.Draw.task_seed`), then moved to `device`.
+
+    So a sample's draws do not depend on the rank, the batch or the device it lands on (the
+    model's own dropout still draws from each rank's stream). Per row, in this order: the
+    timestep, the audio's keep, the guide's keep (always drawn, used when `independent`), the noise.
+    """
+    steps, keeps, guide_keeps, noises = [], [], [], []
+    for seed in seeds.tolist():
+        generator = torch.Generator().manual_seed(int(seed))
+        steps.append(torch.randint(0, NUM_TRAIN_STEPS, (1,), generator=generator))
+        keeps.append(torch.rand(1, generator=generator) >= drop_prob)
+        guide_keeps.append(torch.rand(1, generator=generator) >= drop_prob)
+        noises.append(torch.randn(shape, generator=generator))
+    keep = torch.cat(keeps).to(device)
+    guide = torch.cat(guide_keeps).to(device) if mode == "independent" and with_guide else None
+    return torch.cat(steps).to(device), torch.stack(noises).to(device), keep, guide
+
+
 @dataclass
 class DiffusionTaskConfig:
     """A face or body diffusion model and how it is trained."""
@@ -87,7 +114,7 @@ class DiffusionTaskConfig:
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 16
-    """Samples in each stream's shuffle buffer."""
+    """Unused: the global sample order permutes the whole split (kept so older run configs load)."""
     eval_sampler: str = "ddim20"
     """Sampler setting of the evaluation sample (`train.log.eval_interval` steps)."""
     eval_guidance: float = 2.0
@@ -129,7 +156,7 @@ class DiffusionTask(Task):
         )  # fmt: skip
 
     def build_data(self, ctx: TaskContext) -> ResumableIterable:
-        return self.audio.loader(ctx, self.name, self.config.num_workers, self.config.shuffle_buffer)
+        return self.audio.loader(ctx, self.name, self.config.num_workers)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         x0 = batch[self.motion_key].float()  # (B, T, D)
@@ -137,11 +164,18 @@ class DiffusionTask(Task):
         batch_size, device = x0.shape[0], x0.device
         if self._schedule is None or self._schedule.alphas_cumprod.device != device:
             self._schedule = cosine_schedule(NUM_TRAIN_STEPS, device=device)
-        t = sample_timesteps(batch_size, NUM_TRAIN_STEPS, device)
-        keep, guide_keep = condition_keep_masks(
-            batch_size, self.config.cond_drop_prob, self.config.cond_dropout, self.uses_guide, device
-        )
-        x_t = q_sample(self._schedule, x0, t, torch.randn_like(x0))
+        if "sample_seed" in batch:  # the loader's global order: each row's draws are its own
+            t, noise, keep, guide_keep = per_sample_draws(
+                batch["sample_seed"], tuple(x0.shape[1:]), self.config.cond_drop_prob,
+                self.config.cond_dropout, self.uses_guide, device,
+            )  # fmt: skip
+        else:
+            t = sample_timesteps(batch_size, NUM_TRAIN_STEPS, device)
+            keep, guide_keep = condition_keep_masks(
+                batch_size, self.config.cond_drop_prob, self.config.cond_dropout, self.uses_guide, device
+            )
+            noise = torch.randn_like(x0)
+        x_t = q_sample(self._schedule, x0, t, noise.to(x0.dtype))
         guide = batch["keyframes"] if self.uses_guide else None
         features = self.audio(batch, device)  # (B, F, C)
         x0_pred = model(x_t, t, ConditionInputs(features.to(x_t.dtype), guide, keep, guide_keep))

@@ -53,7 +53,7 @@ class VQTaskConfig:
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 16
-    """Samples in each stream's shuffle buffer."""
+    """Unused: the global sample order permutes the whole split (kept so older run configs load)."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -85,7 +85,6 @@ class VQTask(Task):
             rank=ctx.rank,
             world_size=ctx.world_size,
             num_workers=self.config.num_workers,
-            shuffle_buffer=self.config.shuffle_buffer,
             min_frames=crop_min_frames(self.config.crops),
             audio=False,
             features=False,
@@ -120,7 +119,7 @@ class GuideTaskConfig:
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     shuffle_buffer: int = 16
-    """Samples in each stream's shuffle buffer."""
+    """Unused: the global sample order permutes the whole split (kept so older run configs load)."""
 
 
 @register_task("guide")
@@ -165,7 +164,6 @@ class GuideTask(Task):
             ctx,
             self.name,
             self.config.num_workers,
-            self.config.shuffle_buffer,
             min_frames=crop_min_frames(self.config.crops),
         )
 

@@ -87,6 +87,7 @@ class Trainer:
         task: Task = build_task(self.task_name, self.config.task)
         resume_from = check_run_dir(self.run_dir, self.task_name, self.resume)
         world_size = distributed.rank_info().world_size
+        cfg.rank_batch_size(world_size)  # a global batch the ranks cannot share is refused now
         ds_config = deepspeed_config(cfg, world_size) if cfg.backend == "deepspeed" else None
 
         opened_group = not distributed.is_initialized()
@@ -97,12 +98,17 @@ class Trainer:
         backend = build_backend(cfg, ds_config, task.find_unused_parameters)
         try:
             with PreemptionHandler() as preemption:
-                return self.train_loop(task, backend, preemption, resume_from)
-        finally:
-            distributed.barrier()
+                result = self.train_loop(task, backend, preemption, resume_from)
+        except BaseException:
+            # A failing rank must not wait for the others (they may sit in a collective it will
+            # never join): it leaves at once, and the launcher (torchrun, srun) stops the rest.
             backend.close()
-            if opened_group:
-                distributed.destroy_process_group()
+            raise
+        distributed.barrier()
+        backend.close()
+        if opened_group:
+            distributed.destroy_process_group()
+        return result
 
     def build_state(
         self, task: Task, backend: Backend, resume_from: Path | None
@@ -126,7 +132,7 @@ class Trainer:
             world_size=info.world_size,
             device=device,
             seed=cfg.seed,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.rank_batch_size(info.world_size),
             data=cfg.data,
             run_dir=self.run_dir,
             units=cfg.units,
@@ -167,7 +173,7 @@ class Trainer:
                 for _ in range(cfg.grad_accum):
                     t0 = time.perf_counter()
                     batch = batches.next()
-                    counts = {"samples": float(cfg.batch_size), **task.counts(batch)}
+                    counts = {"samples": float(ctx.batch_size), **task.counts(batch)}
                     batch = _to_device(batch, backend.device)
                     wait = time.perf_counter() - t0
                     out, grad_norm = backend.micro_step(lambda batch=batch: loss(batch))
@@ -222,7 +228,7 @@ class Trainer:
             info.world_size,
             cfg.backend,
             cfg.precision,
-            cfg.batch_size * cfg.grad_accum * info.world_size,
+            cfg.rank_batch_size(info.world_size) * cfg.grad_accum * info.world_size,
             self.run_dir,
         )
         return TrainLog(writer, bar, device)

@@ -56,9 +56,9 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
         if owned in ds:
             raise ConfigError(f"{path}: remove '{owned}'; the trainer builds it from train.{owned}")
     expected = {
-        "train_micro_batch_size_per_gpu": config.batch_size,
+        "train_micro_batch_size_per_gpu": config.rank_batch_size(world_size),
         "gradient_accumulation_steps": config.grad_accum,
-        "train_batch_size": config.batch_size * config.grad_accum * world_size,
+        "train_batch_size": config.rank_batch_size(world_size) * config.grad_accum * world_size,
         "gradient_clipping": config.grad_clip,
     }
     for key, value in expected.items():
