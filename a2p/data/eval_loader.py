@@ -66,7 +66,7 @@ class EvalStream(IterableDataset):
         chunks = 0  # chunks of the whole split seen so far
         mine = 0  # of which this rank's
         for path, samples, size in self.data.shards:
-            for sample in iter_shard(path, samples, size):
+            for sample in iter_shard(self.data.local(path), samples, size):
                 for start, length in eval_crops(sample_frames(sample), self.spec):
                     g, chunks = chunks, chunks + 1
                     if g % self.world_size != self.rank:

@@ -196,7 +196,19 @@ class Manifest:
 
 
 def load_manifest(shard_dir: str | Path) -> Manifest:
-    """Read `shard_dir/manifest.json`, with a clear error when it is missing or malformed."""
+    """Read `shard_dir/manifest.json` (a local folder, or an `http(s)://` / `pipe:` one:
+    `a2p.data.remote`), with a clear error when it is missing or malformed."""
+    from a2p.data.remote import fetch, is_remote, member_url
+
+    if is_remote(shard_dir):
+        url = member_url(str(shard_dir), MANIFEST_NAME)
+        raw = fetch(url)
+        assert raw is not None
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{url}: manifest is not valid JSON ({err})") from err
+        return Manifest.from_json(data, source=url)
     path = Path(shard_dir) / MANIFEST_NAME
     if not path.is_file():
         raise DataError(f"{path}: no shard manifest here (build shards with `a2p data build`)")

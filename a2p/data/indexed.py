@@ -6,7 +6,8 @@ reads the split as one indexable dataset. `IndexedSplit` opens it with wids' `Sh
 window i of the split is sample i of its shards in manifest order. wids indexes a tar when it
 opens it (memory-mapped, headers only) and keeps at most `open_shards` shards open (an LRU), so a
 reader's memory does not grow with the dataset. A shard folder without descriptors (built before
-them) is read from its manifest's shard list the same way.
+them) is read from its manifest's shard list the same way, and so is a remote folder
+(`a2p.data.remote`), whose shards wids opens from their copies in the local cache.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +58,17 @@ class IndexedSplit:
     """Window i of a split, read on demand (see the module doc); opened lazily, so it pickles to workers."""
 
     def __init__(
-        self, shard_dir: str | Path, split: str, shards: list[tuple[str, int, int]], open_shards: int
+        self,
+        shard_dir: str | Path,
+        split: str,
+        shards: list[tuple[str, int, int]],
+        open_shards: int,
+        localname: Callable[[str], str] | None = None,
     ) -> None:
         self.shard_dir, self.split = Path(shard_dir), split
-        self.shards = shards  # (path, samples, bytes) in manifest order
+        self.shards = shards  # (path or URL, samples, bytes) in manifest order
         self.open_shards = max(1, int(open_shards))
+        self.localname = localname  # URL -> local copy (`a2p.data.remote.ShardCache`); None: local files
         self._dataset: Any = None
 
     def __len__(self) -> int:
@@ -73,7 +81,7 @@ class IndexedSplit:
         import wids
 
         descriptor = self.shard_dir / descriptor_name(self.split)
-        if descriptor.is_file():
+        if self.localname is None and descriptor.is_file():
             source: Any = str(descriptor)
             listed = [s["url"] for s in json.loads(descriptor.read_text())["shardlist"]]
             if listed != [Path(path).name for path, _, _ in self.shards]:
@@ -86,7 +94,11 @@ class IndexedSplit:
             ]
         with contextlib.redirect_stderr(io.StringIO()):  # wids prints a summary line on every open
             return wids.ShardListDataset(
-                source, lru_size=self.open_shards, localname=_local, transformations=[], keep=True
+                source,
+                lru_size=self.open_shards,
+                localname=self.localname or _local,
+                transformations=[],
+                keep=True,
             )
 
     def __getitem__(self, window: int) -> RawSample:

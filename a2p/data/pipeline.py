@@ -90,7 +90,7 @@ class TrainStream(IterableDataset):
         self.batches_per_epoch = int(batches_per_epoch or default)
         if self.batches_per_epoch <= 0:
             raise ValueError(f"batches_per_epoch must be positive, got {batches_per_epoch}")
-        self.reader = IndexedSplit(self.data.shard_dir, split, self.data.shards, open_shards)
+        self.reader = IndexedSplit(self.data.shard_dir, split, self.data.shards, open_shards, self.data.cache)
         self.position = LoaderPosition()
 
     @property
