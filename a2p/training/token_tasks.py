@@ -173,7 +173,15 @@ class GuideTask(Task):
         with torch.no_grad():
             codes = self.vq.encode(keyframes)  # (B, K, L)
         features = self.audio(batch, keyframes.device)
-        return model(codes, features.to(keyframes.dtype), batch["keyframe_mask"])
+        keep = None
+        if "sample_seed" in batch and model.training:  # the loader's global order: each row's own draw
+            drop = _unwrap(model).config.cond_drop_prob
+            keep = torch.tensor(
+                [float(torch.rand(1, generator=torch.Generator().manual_seed(int(seed)))) >= drop
+                 for seed in batch["sample_seed"].tolist()],
+                device=keyframes.device,
+            )  # fmt: skip
+        return model(codes, features.to(keyframes.dtype), batch["keyframe_mask"], keep_mask=keep)
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
         return {"keyframes": float(batch["keyframe_mask"].sum())}
