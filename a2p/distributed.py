@@ -5,6 +5,7 @@ Every function works without a process group: a plain process is rank 0 of 1.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -77,12 +78,15 @@ def export_launcher_env() -> RankInfo:
     return info
 
 
-def init_process_group(backend: str | None = None, single: bool = False) -> RankInfo:
+def init_process_group(
+    backend: str | None = None, single: bool = False, timeout_s: float | None = None
+) -> RankInfo:
     """Join the job's default process group if there is more than one process; idempotent.
 
     `backend` defaults to NCCL when CUDA is available and gloo otherwise (DeepSpeed on CPU needs
     this gloo group to exist before its engine is built). `single` also makes a one-process group
-    for a plain one-process run, for libraries that insist on one (DeepSpeed).
+    for a plain one-process run, for libraries that insist on one (DeepSpeed). `timeout_s`: how
+    long a collective waits for the other ranks before it fails (None: torch's default).
     """
     import torch
     import torch.distributed as dist
@@ -95,7 +99,8 @@ def init_process_group(backend: str | None = None, single: bool = False) -> Rank
     if info.world_size > 1:
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+        extra = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, **extra)
     elif single:
         # DeepSpeed also insists on the launcher's variables.
         for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):

@@ -1,6 +1,7 @@
 """Two real processes on gloo, started by torchrun (`accelerate launch --cpu --num_processes 2`
 starts only one): data-parallel equivalence, resume on another rank count, preemption by signal."""
 
+import contextlib
 import json
 import logging
 import os
@@ -168,3 +169,44 @@ def test_two_rank_zero2_matches_ddp_saves_resumes_and_resumes_on_one_rank(tmp_pa
     assert "saved by 2 rank(s), this run has 1" in done.stderr
     assert "optimizer moments are re-cut from its universal form" in done.stderr
     assert read_meta(latest_checkpoint(whole / "checkpoints"))["world_size"] == 1
+
+
+def test_a_stopped_rank_is_named_by_the_watchdog_and_the_job_exits_non_zero(tmp_path):
+    """kill -STOP one of two ranks: the other says which step waits, and leaves at the timeout."""
+    cmd = _torchrun(
+        tmp_path, "train.max_steps=100000", "task.step_sleep=0.02", "train.checkpoint.interval=100000",
+        "train.log.interval=1000", "train.dist_timeout_s=20", "train.watchdog_s=4",
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if "training toy from step 0" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    workers: list[int] = []
+    begin = time.monotonic()
+    try:
+        assert started.wait(60), "".join(lines)
+        time.sleep(1.0)
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        workers = [int(pid) for pid in children]
+        assert len(workers) == 2, children
+        os.kill(workers[1], signal.SIGSTOP)
+        code = proc.wait(timeout=120)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+    reader.join(5)
+    log = "".join(lines)
+    assert code != 0 and time.monotonic() - begin < 120, log[-3000:]
+    assert "rank 0: step" in log and "has not finished after" in log, log[-3000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -84,6 +85,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):  # JSON's 1e400 reads as inf: no setting means that
+            raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -176,6 +176,10 @@ class TrainConfig:
     """Micro-steps whose gradients are summed before one optimizer step."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: never clip; the norm is logged either way)."""
+    max_skipped_steps: int = 10
+    """Optimizer steps skipped for a non-finite loss or gradient (each with a warning naming its
+    samples) before the run stops with an error; 0: stop at the first. Under DeepSpeed, whose
+    engine cannot skip a step, the run always stops at the first."""
     precision: Precision = "bf16"
     """`bf16` (a2p's addition) autocasts forward passes (DeepSpeed: bf16 weights); `fp32` is the reference's."""
     tf32: bool = True
@@ -191,6 +195,12 @@ class TrainConfig:
     units: Units = "train"
     """Normalization of the data and of the export (`Units`): the reference's recipes read the
     person's data_stats.pth where the shards carry it (`auto`), a2p's the train split's moments."""
+    dist_timeout_s: float = 1800.0
+    """Seconds a collective waits for the other ranks before the run stops with an error (a stuck
+    rank must not hang the job silently; long enough for the slowest step and evaluation)."""
+    watchdog_s: float = 300.0
+    """A rank warns, naming itself and the step, each time this many seconds pass without a
+    finished step (0: never)."""
     preempt_check_interval: int = 1
     """Optimizer steps between the cross-rank check of the preemption flag (one tiny all-reduce)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -207,12 +217,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 0:
             raise ConfigError(f"train.max_steps must not be negative, got {self.max_steps}")
+        if self.max_skipped_steps < 0:
+            raise ConfigError(f"train.max_skipped_steps must not be negative, got {self.max_skipped_steps}")
         if self.global_batch_size < 0:
             raise ConfigError(f"train.global_batch_size must not be negative, got {self.global_batch_size}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be positive")
         if self.grad_clip < 0.0:
             raise ConfigError(f"train.grad_clip must not be negative, got {self.grad_clip}")
+        if self.dist_timeout_s <= 0 or self.watchdog_s < 0:
+            raise ConfigError("train.dist_timeout_s must be positive and train.watchdog_s not negative")
         if self.preempt_check_interval < 1:
             raise ConfigError("train.preempt_check_interval must be positive")
         if self.backend == "deepspeed" and not self.deepspeed_config:

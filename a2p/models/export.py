@@ -56,7 +56,17 @@ def write_export(
     weights: str,
     stats: dict[str, list[float]] | None,
 ) -> Path:
-    """Write an export file atomically (temp name, then rename); `config` is the task section."""
+    """Write an export file atomically (temp name, then rename); `config` is the task section.
+
+    Non-finite weights are refused (naming the tensors), so a broken run is never exported.
+    """
+    broken = [
+        name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if broken:
+        raise A2PError(
+            f"{out}: not written: {len(broken)} tensor(s) hold NaN or Inf ({', '.join(broken[:3])})"
+        )
     metadata = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,

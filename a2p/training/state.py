@@ -56,7 +56,20 @@ class TrainState:
             self.ema.update(self.backend.module, self.step)
 
     def save(self, run_dir: Path, *, task: str, config: dict[str, Any], reason: str, keep: int) -> Path:
-        """Write checkpoint `step` of `run_dir` (every rank calls this) and return its directory."""
+        """Write checkpoint `step` of `run_dir` (every rank calls this) and return its directory.
+
+        Weights that are not finite are never saved (so keep-last-K never prunes a good
+        checkpoint for a broken one): every rank checks its own, and all refuse together.
+        """
+        broken = [
+            name for name, p in self.backend.module.named_parameters() if not bool(torch.isfinite(p).all())
+        ]
+        if distributed.any_rank(bool(broken), self.backend.device):
+            shown = ", ".join(broken[:3]) or "on another rank"
+            raise A2PError(
+                f"step {self.step}: the weights hold non-finite values ({shown}); not saving a "
+                f"checkpoint, the earlier ones in {checkpoint_root(run_dir)} are kept"
+            )
         shared, every_rank = self.backend.checkpoint_files()  # collective under ZeRO-3
         shared[SCHEDULER_FILE] = self.scheduler.state_dict()
         if self.ema is not None:

@@ -34,8 +34,8 @@ import torch
 from a2p import distributed
 from a2p.config.core import from_dict, to_dict
 from a2p.config.train import TrainConfig
-from a2p.errors import DataError
-from a2p.training.backends import Backend, build_backend
+from a2p.errors import A2PError, DataError
+from a2p.training.backends import Backend, NonFiniteStep, build_backend
 from a2p.training.backends.deepspeed import deepspeed_config
 from a2p.training.evaluation import Evaluator
 from a2p.training.logging import MetricsWriter
@@ -46,6 +46,7 @@ from a2p.training.run_dir import TENSORBOARD_DIR, check_run_dir, write_run_files
 from a2p.training.signals import EXIT_PREEMPTED, PreemptionHandler
 from a2p.training.state import TrainState
 from a2p.training.tasks import ResumableIterable, Task, TaskContext, build_task, run_config_class
+from a2p.training.watchdog import StepWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,22 @@ class TrainResult:
     def exit_code(self) -> int:
         """0 when finished, `EXIT_PREEMPTED` (75) when stopped by a signal: requeue the job."""
         return EXIT_PREEMPTED if self.preempted else 0
+
+
+def _sample_names(batch: Any) -> str:
+    """The samples of a batch as messages name them: shard and key of each row (when it has them)."""
+    if not isinstance(batch, dict) or "key" not in batch:
+        return "no named samples"
+    shards = batch.get("shard") or [""] * len(batch["key"])
+    return ", ".join(
+        f"{key} ({shard})" if shard else str(key) for key, shard in zip(batch["key"], shards) if key
+    )
+
+
+def finite_values(out: dict[str, torch.Tensor], grad_norm: Any) -> bool:
+    """Whether a micro-step's loss (and its gradient norm, if any) are finite: only those are logged."""
+    values = [out["loss"].detach()] + ([torch.as_tensor(grad_norm)] if grad_norm is not None else [])
+    return all(bool(torch.isfinite(v).all()) for v in values)
 
 
 class Trainer:
@@ -91,7 +108,7 @@ class Trainer:
         ds_config = deepspeed_config(cfg, world_size) if cfg.backend == "deepspeed" else None
 
         opened_group = not distributed.is_initialized()
-        distributed.init_process_group(single=ds_config is not None)
+        distributed.init_process_group(single=ds_config is not None, timeout_s=cfg.dist_timeout_s)
         if distributed.rank_info().is_main:
             write_run_files(self.run_dir, self.task_name, self.resolved)
         distributed.barrier()
@@ -165,7 +182,15 @@ class Trainer:
             with autocast:
                 return task.loss(backend.model, batch)
 
-        last_saved, preempted = None, False
+        last_saved, preempted, skips = None, False, 0
+
+        def finite(out: dict[str, torch.Tensor]) -> bool:
+            """The micro-batch's loss is finite on every rank (one all-reduce of one flag)."""
+            bad = not bool(torch.isfinite(out["loss"].detach()).all())
+            return not distributed.any_rank(bad, backend.device)
+
+        watchdog = StepWatchdog(distributed.rank_info().rank, cfg.watchdog_s).__enter__()
+        watchdog.beat(state.step)
         try:
             backend.model.train()
             while state.step < cfg.max_steps:
@@ -174,13 +199,32 @@ class Trainer:
                     t0 = time.perf_counter()
                     batch = batches.next()
                     counts = {"samples": float(ctx.batch_size), **task.counts(batch)}
+                    samples = _sample_names(batch)
                     batch = _to_device(batch, backend.device)
                     wait = time.perf_counter() - t0
-                    out, grad_norm = backend.micro_step(lambda batch=batch: loss(batch))
-                    log.micro_step(out, grad_norm, counts, wait)
+                    try:
+                        out, grad_norm, skipped = backend.micro_step(lambda batch=batch: loss(batch), finite)
+                    except NonFiniteStep as err:
+                        raise A2PError(f"step {state.step + 1}: {err}; the batch held {samples}") from err
+                    if finite_values(out, grad_norm):
+                        log.micro_step(out, grad_norm, counts, wait)
+                    if skipped:
+                        skips += 1
+                        logger.warning(
+                            "step %d skipped (%d of at most %d): non-finite loss or gradient (loss %s, "
+                            "gradient norm %s); the weights did not change; the batch held %s",
+                            state.step + 1, skips, cfg.max_skipped_steps, float(out["loss"]), grad_norm, samples,
+                        )  # fmt: skip
+                        if skips > cfg.max_skipped_steps:
+                            raise A2PError(
+                                f"step {state.step + 1}: {skips} steps had a non-finite loss or gradient "
+                                f"(train.max_skipped_steps={cfg.max_skipped_steps}); stopping without "
+                                f"saving; the last batch held {samples}"
+                            )
                 if not backend.at_boundary():
                     raise RuntimeError("gradient accumulation lost its boundary; the optimizer did not step")
                 state.finish_step()
+                watchdog.beat(state.step)
                 log.optimizer_step()
                 step, last = state.step, state.step == cfg.max_steps
 
@@ -201,6 +245,7 @@ class Trainer:
                     logger.warning("stopping at step %d after %s; saved %s", step, name, last_saved)
                     break
         finally:
+            watchdog.__exit__()
             log.close()
         return TrainResult(step=state.step, preempted=preempted, checkpoint=last_saved)
 

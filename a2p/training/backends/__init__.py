@@ -19,11 +19,18 @@ import torch
 from torch import nn
 
 from a2p.config.train import TrainConfig
+from a2p.errors import A2PError
 from a2p.training.backends.zero3 import PartitionedEMA, full_state_dict, is_partitioned
 from a2p.training.ema import EMA
 
 LossFn = Callable[[], dict[str, torch.Tensor]]
 """Forward of one micro-batch: the task's loss dict, `"loss"` the scalar to differentiate."""
+FiniteFn = Callable[[dict[str, torch.Tensor]], bool]
+"""Whether a micro-batch's loss is finite on every rank (the same answer on all of them)."""
+
+
+class NonFiniteStep(A2PError):
+    """A loss or gradient that is not finite where the backend cannot skip the step."""
 
 
 class Backend:
@@ -52,10 +59,13 @@ class Backend:
         """Wrap `model` and `optimizer`; `resume_from` is the checkpoint `load` will be given, if any."""
         raise NotImplementedError
 
-    def micro_step(self, loss_fn: LossFn) -> tuple[dict[str, torch.Tensor], Any]:
+    def micro_step(self, loss_fn: LossFn, finite: FiniteFn) -> tuple[dict[str, torch.Tensor], Any, bool]:
         """Forward/backward one micro-batch; at the accumulation boundary clip and step.
 
-        Returns the loss dict and the pre-clip gradient norm (None between boundaries).
+        A micro-batch whose loss is not `finite` is not back-propagated, and a step with such a
+        micro-batch or a non-finite gradient norm does not change the weights (or, where the
+        backend cannot skip it, raises `NonFiniteStep`). Returns the loss dict, the pre-clip
+        gradient norm (None between boundaries) and whether the step that just ended was skipped.
         """
         raise NotImplementedError
 

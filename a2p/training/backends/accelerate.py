@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from a2p.training.backends import Backend, LossFn
+from a2p.training.backends import Backend, FiniteFn, LossFn
 from a2p.training.checkpoint import MODEL_FILE, OPTIMIZER_FILE, load_file
 
 
@@ -24,16 +24,24 @@ class AccelerateBackend(Backend):
         self.module = self.accelerator.unwrap_model(self.model)
         self.clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
 
-    def micro_step(self, loss_fn: LossFn) -> tuple[dict[str, torch.Tensor], Any]:
-        accelerator, norm = self.accelerator, None
+    def micro_step(self, loss_fn: LossFn, finite: FiniteFn) -> tuple[dict[str, torch.Tensor], Any, bool]:
+        accelerator, norm, skipped = self.accelerator, None, False
         with accelerator.accumulate(self.model):
             out = loss_fn()
-            accelerator.backward(out["loss"])  # divides by grad_accum
+            good = finite(out)  # the same on every rank: they all skip this backward, or none does
+            self._poisoned = getattr(self, "_poisoned", False) or not good
+            if good:
+                accelerator.backward(out["loss"])  # divides by grad_accum
             if accelerator.sync_gradients:
-                norm = accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
-                self.optimizer.step()
+                if not self._poisoned:
+                    norm = accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
+                # the norm is of the all-reduced gradients, so every rank decides alike
+                skipped = self._poisoned or not math.isfinite(float(norm))
+                if not skipped:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        return out, norm
+                self._poisoned = False
+        return out, norm, skipped
 
     def at_boundary(self) -> bool:
         return bool(self.accelerator.sync_gradients)

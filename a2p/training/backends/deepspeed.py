@@ -14,8 +14,10 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from a2p import distributed
 from a2p.config.train import TrainConfig
 from a2p.errors import A2PError, ConfigError
 from a2p.fileio import fsync_dir, read_json
-from a2p.training.backends import Backend, LossFn
+from a2p.training.backends import Backend, FiniteFn, LossFn, NonFiniteStep
 from a2p.training.checkpoint import MODEL_FILE
 from a2p.training.run_dir import read_meta
 
@@ -107,13 +109,21 @@ class DeepSpeedBackend(Backend):
         )
         self.module = self.model.module
 
-    def micro_step(self, loss_fn: LossFn) -> tuple[dict[str, torch.Tensor], Any]:
+    def micro_step(self, loss_fn: LossFn, finite: FiniteFn) -> tuple[dict[str, torch.Tensor], Any, bool]:
         out = loss_fn()
+        if not finite(out):  # the engine's step cannot be skipped: stop before it sees the loss
+            raise NonFiniteStep(
+                f"the loss is not finite ({float(out['loss'])}); a DeepSpeed run stops at the first "
+                "such micro-batch, before the weights change"
+            )
         self.model.backward(out["loss"])  # scales by 1 / gradient_accumulation_steps itself
         before = self.model.global_steps
         self.model.step()
         self._stepped = self.model.global_steps != before
-        return out, self.model.get_global_grad_norm() if self._stepped else None
+        norm = self.model.get_global_grad_norm() if self._stepped else None
+        if norm is not None and not math.isfinite(float(norm)):
+            raise NonFiniteStep(f"the gradient norm is not finite ({float(norm)}) after the optimizer step")
+        return out, norm, False
 
     def at_boundary(self) -> bool:
         return self._stepped
@@ -180,11 +190,16 @@ def universal_checkpoint(checkpoint: str | Path) -> Path:
     `"checkpoint": {"load_universal": true}` re-cuts the universal form for its own rank count.
     Rank 0 converts `deepspeed/engine/` into a temp folder and renames it to `deepspeed/universal/`,
     so it is either complete or absent, is reused by a later resume and goes away with its
-    checkpoint; the other ranks wait. Returns the `deepspeed/` folder to load with tag
-    `UNIVERSAL_TAG`. Raises `A2PError` on every rank if the conversion fails.
+    checkpoint. The other ranks wait for it on the file system, not in a collective, so a long
+    conversion cannot run into the process group's timeout (`train.dist_timeout_s`); rank 0 writes
+    a failure note named by a token of this attempt (shared first, in one quick collective).
+    Returns the `deepspeed/` folder to load with tag `UNIVERSAL_TAG`. Raises `A2PError` on every
+    rank if the conversion fails.
     """
     root = Path(checkpoint) / DEEPSPEED_DIR
     final = root / UNIVERSAL_TAG
+    token = distributed.all_gather_objects(os.urandom(8).hex())[0]  # rank 0's, on every rank
+    failed = root / f".universal-failed-{token}"
     error = None
     if distributed.rank_info().is_main and not final.is_dir():
         try:
@@ -192,10 +207,23 @@ def universal_checkpoint(checkpoint: str | Path) -> Path:
         except Exception as err:  # any failure of the converter is reported on every rank below
             logger.debug("universal conversion failed", exc_info=True)
             error = f"{type(err).__name__}: {err}"
-    errors = [e for e in distributed.all_gather_objects(error) if e]  # also the barrier
-    if errors:
+            failed.write_text(error)
+    waited = 0.0
+    while not (final.is_dir() or failed.is_file()):
+        time.sleep(1.0)
+        waited += 1.0
+        if waited % 60 == 0:
+            logger.info(
+                "rank %d: waiting %.0f s for rank 0 to convert %s", distributed.rank_info().rank, waited, root
+            )
+    if failed.is_file():
+        error = error or failed.read_text()
+    distributed.barrier()  # everyone has read the note before it goes
+    if distributed.rank_info().is_main:
+        failed.unlink(missing_ok=True)
+    if error:
         raise A2PError(
-            f"{root / ENGINE_TAG}: conversion to a DeepSpeed universal checkpoint failed ({errors[0]})"
+            f"{root / ENGINE_TAG}: conversion to a DeepSpeed universal checkpoint failed ({error})"
         )
     return root
 
