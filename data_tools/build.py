@@ -2,7 +2,9 @@
 
 1. Find the scenes and give each its split by scene order. Read and validate every scene (in
    parallel), recording source checksums and the train split's moments. Any bad input stops the
-   build here, with every bad file named, before a single shard is written.
+   build here, with every bad file named, before a single shard is written; so does one recording
+   in two scenes (a number written two ways, or byte-identical audio or poses under two numbers),
+   which would put train data into test.
 2. Cut each scene into windows and encode them (`data_tools.encode`) in parallel over scenes,
    while this process packs them in order (scenes in order, windows in order) into shards closed at
    the size bound; so which window lands in which shard depends only on the inputs and settings.
@@ -68,7 +70,7 @@ from data_tools.journal import (
     remove_other_part_records,
 )
 from data_tools.stats import Moments
-from data_tools.validate import SceneFiles, find_scenes, scene_splits
+from data_tools.validate import SceneFiles, check_distinct_scenes, find_scenes, scene_splits
 
 logger = logging.getLogger(__name__)
 
@@ -152,16 +154,16 @@ def build(
 
     with _worker_pool(workers) as pool:
         summaries = _validate_all(scenes, person, scene_split, pool, workers)
+        checksums = {name: digest for s in summaries for name, digest in s.checksums.items()}
+        # over every scene of the person, so a part also sees copies of its scenes in other parts
+        check_distinct_scenes(all_scenes, checksums, scene_split)
         identity = BuildIdentity(
             params={
                 **asdict(settings),
                 "scenes": {s.name: scene_split[s.name] for s in scenes},
                 "num_scenes": len(all_scenes),
             },
-            sources={
-                **{name: digest for s in summaries for name, digest in s.checksums.items()},
-                **person_units_checksum(src, person_units),
-            },
+            sources={**checksums, **person_units_checksum(src, person_units)},
         )
         out.mkdir(parents=True, exist_ok=True)
         state = ResumeState.scan(out, index_range, identity, overwrite)

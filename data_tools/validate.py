@@ -30,6 +30,7 @@ from a2p.constants import (
     WRAPPED_POSE_PEOPLE,
 )
 from a2p.errors import DataError
+from a2p.fileio import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ MISSING_FACE_SUFFIX = "missing_face_frames.npy"
 SCENE_SUFFIXES = (AUDIO_SUFFIX, BODY_SUFFIX, FACE_SUFFIX, MISSING_FACE_SUFFIX)
 """The four companion files every scene `sceneNN` has: `sceneNN_{suffix}`."""
 SCENE_FILE_PATTERN = re.compile(r"^(scene(\d+))_(.+)$")
+COPY_SIGNAL_SUFFIXES = (AUDIO_SUFFIX, BODY_SUFFIX)
+"""Companion files no two recordings share byte for byte (two scenes may share an empty list of
+missing face frames, or an all-zero face track)."""
 
 MIN_SCENES = VAL_SCENES + TEST_SCENES + 1
 """A person needs at least one training scene besides the validation and test scenes."""
@@ -103,25 +107,44 @@ def scene_splits(num_scenes: int) -> list[str]:
 
 
 def find_scenes(person_dir: Path) -> list[SceneFiles]:
-    """The scenes of a person folder in scene order, each with all four companion files."""
+    """The scenes of a person folder in scene order, each with all four companion files.
+
+    Anything else in the folder is passed over with one warning naming every such file, since a
+    misnamed scene file (`Scene05_audio.wav`, `scene_05_body_pose.npy`) would otherwise drop out of
+    the build unnoticed; `data_stats.pth` and hidden files are passed over quietly. One scene number
+    written two ways (`scene5_*` beside `scene05_*`) is refused: both would enter the build.
+    """
     if not person_dir.is_dir():
         raise DataError(f"{person_dir}: no such folder (expected one folder per person of sceneNN_* files)")
+    from a2p.data.person_stats import STATS_FILENAME  # imports torch, which the scene workers never need
+
     found: dict[str, SceneFiles] = {}
+    strays: list[str] = []
     for path in sorted(person_dir.iterdir()):
+        if path.name.startswith(".") or path.name == STATS_FILENAME:
+            continue
         match = SCENE_FILE_PATTERN.match(path.name)
-        if match is None or not path.is_file():
+        if match is None or match.group(3) not in SCENE_SUFFIXES or not path.is_file():
+            strays.append(path.name)
             continue
         name, number, suffix = match.group(1), int(match.group(2)), match.group(3)
-        if suffix not in SCENE_SUFFIXES:
-            logger.debug("ignoring %s: not a scene file a2p reads", path)
-            continue
         found.setdefault(name, SceneFiles(name, number, {})).paths[suffix] = path
+    if strays:
+        logger.warning(
+            "%s: ignoring %d file(s) that are not scene files sceneNN_{%s} (a misnamed scene is left out "
+            "of the build): %s",
+            person_dir,
+            len(strays),
+            ",".join(SCENE_SUFFIXES),
+            ", ".join(strays),
+        )
     if not found:
         raise DataError(
             f"{person_dir}: no scenes found (expected files like scene01_{AUDIO_SUFFIX}, "
             f"scene01_{BODY_SUFFIX}, scene01_{FACE_SUFFIX}, scene01_{MISSING_FACE_SUFFIX})"
         )
     scenes = sorted(found.values(), key=lambda s: (s.number, s.name))
+    _refuse_numbers_written_twice(person_dir, scenes)
     missing = [
         str(person_dir / f"{scene.name}_{suffix}")
         for scene in scenes
@@ -136,6 +159,81 @@ def find_scenes(person_dir: Path) -> list[SceneFiles]:
             f"({VAL_SCENES} val + {TEST_SCENES} test + at least 1 train)"
         )
     return scenes
+
+
+def _refuse_numbers_written_twice(person_dir: Path, scenes: list[SceneFiles]) -> None:
+    names_of: dict[int, list[str]] = {}
+    for scene in scenes:
+        names_of.setdefault(scene.number, []).append(scene.name)
+    clashes = [
+        f"{' and '.join(names)} are one scene, number {number}"
+        for number, names in names_of.items()
+        if len(names) > 1
+    ]
+    if clashes:
+        raise DataError(
+            f"{person_dir}: one scene number written two ways ({'; '.join(clashes)}): a duplicate would "
+            "put the same recording into two splits; keep one name per scene"
+        )
+
+
+def check_distinct_scenes(
+    scenes: list[SceneFiles], checksums: dict[str, str], scene_split: dict[str, str] | None = None
+) -> None:
+    """Refuse two scenes whose audio or body poses are byte-identical: one recording copied under
+    another number would put the same data into two splits (train data in test).
+
+    `checksums` (file name -> sha256) holds the digests validation computed; a file it lacks (a
+    scene of another array-job part) is hashed only when its size equals another scene's same file,
+    since files of different sizes differ.
+    """
+    identical: dict[tuple[str, str], list[str]] = {}
+    for suffix in COPY_SIGNAL_SUFFIXES:
+        by_size: dict[int, list[SceneFiles]] = {}
+        for scene in scenes:
+            by_size.setdefault(_file_size(scene.paths[suffix]), []).append(scene)
+        for same_size in by_size.values():
+            if len(same_size) < 2:
+                continue
+            by_digest: dict[str, list[str]] = {}
+            for scene in same_size:
+                path = scene.paths[suffix]
+                digest = checksums.get(path.name) or _file_digest(path)
+                by_digest.setdefault(digest, []).append(scene.name)
+            for names in by_digest.values():
+                for copy in names[1:]:
+                    identical.setdefault((names[0], copy), []).append(suffix)
+    if not identical:
+        return
+    split = scene_split or {}
+
+    def described(name: str) -> str:
+        return f"{name} ({split[name]})" if name in split else name
+
+    person_dir = scenes[0].paths[AUDIO_SUFFIX].parent
+    lines = [
+        f"{described(first)} and {described(copy)} are copies of one recording: "
+        + ", ".join(f"{first}_{suffix} and {copy}_{suffix} are byte-identical" for suffix in suffixes)
+        for (first, copy), suffixes in identical.items()
+    ]
+    raise DataError(
+        f"{person_dir}: duplicate scenes would put the same recording into two splits; remove the copy:\n  "
+        + "\n  ".join(lines)
+    )
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
 
 
 def wrap_angles(values: np.ndarray) -> np.ndarray:

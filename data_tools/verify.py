@@ -83,10 +83,10 @@ class VerifyReport:
 
 
 def verify_shards(shard_dir: str | Path) -> VerifyReport:
-    """Check every shard in `shard_dir` against its manifest; collects every problem found."""
+    """Check the manifest's stats, and every shard in `shard_dir` against the manifest; collects every problem found."""
     shard_dir = Path(shard_dir)
     manifest = load_manifest(shard_dir)
-    problems: list[str] = []
+    problems = _check_stats(shard_dir / MANIFEST_NAME, manifest)
     splits: dict[str, SplitSummary] = {}
     total = sum(len(info.shards) for info in manifest.splits.values())
     with tqdm(total=total, desc=f"verify {manifest.person}", unit="shard", disable=None) as progress:
@@ -101,6 +101,30 @@ def verify_shards(shard_dir: str | Path) -> VerifyReport:
         if SHARD_PATTERN.match(path.name) and path.name not in listed:
             problems.append(f"{path}: a shard the manifest does not list")
     return VerifyReport(manifest, splits, problems)
+
+
+def _check_stats(where: Path, manifest: Manifest) -> list[str]:
+    """Normalization stats that are not finite numbers: one NaN mean or std makes every normalized frame NaN."""
+    problems = []
+    for field_name, stats in (("stats", manifest.stats), ("person_stats", manifest.person_stats)):
+        if stats is None:
+            continue
+        if not isinstance(stats, dict):
+            problems.append(f"{where}: {field_name} is not a mapping of names to numbers")
+            continue
+        for key, values in stats.items():
+            try:
+                array = np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):
+                problems.append(f"{where}: {field_name}.{key} is not a list of numbers")
+                continue
+            bad = np.flatnonzero(~np.isfinite(array))
+            if bad.size:
+                problems.append(
+                    f"{where}: {field_name}.{key} holds NaN or Inf "
+                    f"({bad.size} of {array.size} values, first at index {int(bad[0])})"
+                )
+    return problems
 
 
 def _check_split(shard_dir: Path, split: str, info: Any, summary: SplitSummary) -> list[str]:

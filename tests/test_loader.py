@@ -167,7 +167,9 @@ def test_resume_decodes_only_what_it_delivers(shards, monkeypatch):
     monkeypatch.setattr(
         pipeline,
         "fill",
-        lambda batch, row, sample, *a: filled.append(sample["__key__"]) or real_fill(batch, row, sample, *a),
+        lambda batch, row, sample, *a, **kw: (
+            filled.append(sample["__key__"]) or real_fill(batch, row, sample, *a, **kw)
+        ),
     )
     loader = build_train_loader(shards, 2, seed=2, rank=0, world_size=1, num_workers=0, audio=False)
     loader.load_state_dict({"epoch": 0, "batch": 6})

@@ -45,7 +45,7 @@ from a2p.constants import (
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
 )
-from a2p.data.decode import NormStats, RawSample, load_array, load_audio
+from a2p.data.decode import NormStats, RawSample, check_split, load_array, load_audio
 from a2p.data.format import BODY_KEY, FACE_KEY, FACE_VALID_KEY, FEATURES_KEY, features_frames
 from a2p.errors import DataError
 
@@ -159,12 +159,23 @@ def allocate(spec: CropSpec, size: int, feature_dim: int | None = None, shared: 
 
 
 def fill(
-    batch: Batch, row: int, sample: RawSample, start: int, length: int, spec: CropSpec, stats: NormStats
+    batch: Batch,
+    row: int,
+    sample: RawSample,
+    start: int,
+    length: int,
+    spec: CropSpec,
+    stats: NormStats,
+    *,
+    split: str | None = None,
 ) -> None:
     """Decode frames [start, start + length) of a raw sample, normalize them and write row `row` of `batch`.
 
-    The row must be as `allocate` made it (zeros): padding is left untouched.
+    The row must be as `allocate` made it (zeros): padding is left untouched. A sample whose meta.json
+    records another split than `split`, the one being read (None: the split its shard's name says),
+    is refused (`check_split`).
     """
+    check_split(sample, split)
     where = f"{sample.get('__url__')}: sample {sample.get('__key__')!r}"
     body = load_array(sample, BODY_KEY, POSE_DIM)
     frames = body.shape[0]

@@ -9,11 +9,13 @@ only the crop's stretch of the (lossless, seekable) audio is ever decompressed.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from a2p.constants import AUDIO_CHANNELS, FACE_DIM, POSE_DIM, SAMPLE_RATE, SAMPL
 from a2p.data.format import (
     AUDIO_KEYS,
     BODY_KEY,
+    META_KEY,
     SAMPLE_FILES,
     Manifest,
     Units,
@@ -35,6 +38,8 @@ RawSample = dict[str, Any]
 
 STD_FLOOR = 1e-6
 """Standard deviations below this (constant channels) normalize with 1 instead (no division by ~0)."""
+SHARD_NAME_SPLIT = re.compile(r"(?:^|_)(train|val|test)-\d{6}\.tar$")
+"""The split in a shard's file name `{split}-{index:06d}.tar`, also behind the shard cache's `{digest}_`."""
 
 
 def iter_shard(
@@ -111,6 +116,33 @@ def sample_frames(sample: RawSample) -> int:
         raise DataError(
             f"{sample.get('__url__')}: sample {sample.get('__key__')!r} has a bad {BODY_KEY}"
         ) from err
+
+
+def check_split(sample: RawSample, split: str | None = None) -> None:
+    """Raise `DataError` if the sample's meta.json records another split than `split`, the one being read.
+
+    A shard swapped between splits (a test shard renamed train-000000.tar, the manifest still listing
+    it) would otherwise train on test data. Reads only the small meta.json, never the audio. With
+    `split` None the expected split is the one the shard's file name says, as the manifest lists it;
+    a shard whose name says none (a `pipe:` command) is then not checked.
+    """
+    url = str(sample.get("__url__", ""))
+    expected, source = split, "the split being read"
+    if expected is None:
+        named = SHARD_NAME_SPLIT.search(PurePosixPath(url).name)
+        if named is None:
+            return
+        expected, source = named.group(1), "the split its shard's name says"
+    where = f"{url}: sample {sample.get('__key__')!r}"
+    try:
+        recorded = json.loads(sample[META_KEY]).get("split")
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise DataError(f"{where}: unreadable {META_KEY} ({err})") from err
+    if recorded != expected:
+        raise DataError(
+            f"{where}: {META_KEY} says split {recorded!r}, but it is read as {expected!r} ({source}): "
+            "a shard swapped between splits? Rebuild the shards with `a2p data build`"
+        )
 
 
 def window_start(key: str) -> int:

@@ -75,7 +75,9 @@ class EvalStream(IterableDataset):
                     if (local // self.batch_size) % workers != worker:
                         continue
                     yield from row_for(local)
-                    fill(batch, rows, sample, start, length, self.spec, self.data.stats)
+                    fill(
+                        batch, rows, sample, start, length, self.spec, self.data.stats, split=self.data.split
+                    )
                     rows += 1
         total = -(-chunks // self.world_size) if self.pad_ranks else mine
         for local in range(mine, total):  # empty rows: zeros, every mask False, key ""

@@ -125,12 +125,14 @@ class TrainStream(IterableDataset):
         batch = allocate(self.spec, self.batch_size, self.data.feature_dim, shared)
         batch["draw"] = torch.zeros(self.batch_size, dtype=torch.int64)
         batch["sample_seed"] = torch.zeros(self.batch_size, dtype=torch.int64)
+        batch["shard"] = [""] * self.batch_size
         for row, index in enumerate(self.slice.draws(micro_batch)):
             draw = self.order.draw(index)
             sample = self.reader[draw.window]
             start, length = draw_crop(draw.crop_rng(self.seed), sample_frames(sample), self.spec)
-            fill(batch, row, sample, start, length, self.spec, self.data.stats)
+            fill(batch, row, sample, start, length, self.spec, self.data.stats, split=self.data.split)
             batch["draw"][row] = index
+            batch["shard"][row] = str(sample.get("__url__", ""))
             batch["sample_seed"][row] = draw.task_seed(self.seed)
         return batch
 
