@@ -4,13 +4,12 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from trainer_utils import load_pt, read_scalars, scalar_tags, toy_config
+from trainer_utils import load_pt, read_scalars, scalar_tags, start_training, toy_config
 
 from a2p.errors import A2PError, ConfigError
 from a2p.training import train
@@ -158,20 +157,8 @@ def test_sigusr1_saves_and_exits_within_the_step(tmp_path):
         "--set",
         "train.log.interval=5",
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            lines.append(line)
-            if "training toy from step 0" in line:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc, lines, reader = start_training(cmd)
     try:
-        assert started.wait(60), "".join(lines)
         time.sleep(0.5)  # some steps in
         sent = time.monotonic()
         proc.send_signal(signal.SIGUSR1)

@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from trainer_utils import load_pt, toy_config
+from trainer_utils import load_pt, start_training, toy_config
 
 from a2p.training import train
 from a2p.training.run_dir import latest_checkpoint, read_meta
@@ -103,20 +102,8 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_the_same_step(tmp_path):
         "train.checkpoint.interval=100000",
         "train.log.interval=1000",
     )
-    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            lines.append(line)
-            if "training toy from step 0" in line:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc, lines, reader = start_training(cmd, env=_env())
     try:
-        assert started.wait(60), "".join(lines)
         time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)  # to torchrun only: it forwards SIGTERM to its workers
         proc.wait(timeout=45)
@@ -177,22 +164,10 @@ def test_a_stopped_rank_is_named_by_the_watchdog_and_the_job_exits_non_zero(tmp_
         tmp_path, "train.max_steps=100000", "task.step_sleep=0.02", "train.checkpoint.interval=100000",
         "train.log.interval=1000", "train.dist_timeout_s=20", "train.watchdog_s=4",
     )  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    started = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            lines.append(line)
-            if "training toy from step 0" in line:
-                started.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    proc, lines, reader = start_training(cmd, env=_env())
     workers: list[int] = []
     begin = time.monotonic()
     try:
-        assert started.wait(60), "".join(lines)
         time.sleep(1.0)
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True

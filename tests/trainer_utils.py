@@ -96,6 +96,30 @@ def _dump_engine_states(directory: Path) -> None:
     TrainState.load, TrainState.save = load_and_dump, save_and_dump
 
 
+def start_training(cmd: list[str], env: dict[str, str] | None = None) -> tuple[Any, list[str], Any]:
+    """Start a toy training command; returns (process, its stderr lines so far, the reading thread)
+    once its log says training began (at most 60 s)."""
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "training toy from step 0" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not started.wait(60):
+        proc.kill()
+        raise AssertionError("training did not start:\n" + "".join(lines)[-3000:])
+    return proc, lines, reader
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the toy task in this process (one rank of a job, or the only one)."""
     torch.set_num_threads(1)
