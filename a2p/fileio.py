@@ -1,4 +1,5 @@
-"""Small file helpers shared across a2p: checksums, JSON that fails with the file's name, atomic writes."""
+"""Small file helpers shared across a2p: checksums, JSON that fails with the file's name, atomic writes,
+and the guard that keeps a name from outside (a shard's sample key, a manifest's entry) inside its folder."""
 
 from __future__ import annotations
 
@@ -66,3 +67,45 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+NAME_HAZARDS = (
+    ("\0", "it holds a NUL character"),
+    ("/", "it holds the path separator '/'"),
+    ("\\", "it holds the path separator '\\' (Windows)"),
+    (":", "it holds ':', a drive or stream separator on Windows"),
+)
+"""Characters a plain file name never holds, and why: together they are every way a name can reach
+past the last component of a POSIX or Windows path."""
+
+
+def not_plain(name: object) -> str:
+    """Why `name` is not a plain file name (see `plain_name`), or "" when it is one."""
+    if not isinstance(name, str):
+        return f"it is not a string ({type(name).__name__})"
+    if not name:
+        return "it is empty"
+    if name in (".", ".."):
+        return "it names a folder ('.' or '..'), not a file in it"
+    if name[0] in "/\\":
+        return "it is an absolute path"
+    for char, why in NAME_HAZARDS:
+        if char in name:
+            return why
+    return ""
+
+
+def plain_name(name: str, what: str, error: type[A2PError] = A2PError, advice: str = "") -> str:
+    """`name` itself when it is a plain file name; otherwise raise `error` naming `what`, the name and why.
+
+    A plain name is not empty, not `.` or `..`, and holds none of `NAME_HAZARDS`. Such a name is a
+    single path component with no root or drive on POSIX and on Windows, so `folder / name` (and
+    `folder / f"{name}.npz"`) names an entry directly inside `folder` whatever the folder is. Names
+    are refused rather than rewritten: a rewritten name could collide with another clip's.
+    """
+    reason = not_plain(name)
+    if reason:
+        raise error(
+            f"{what} {name!r} is not a plain file name ({reason})" + (f"; {advice}" if advice else "")
+        )
+    return name

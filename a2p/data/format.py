@@ -29,6 +29,7 @@ from typing import Any
 from a2p.config.train import Units
 from a2p.constants import FACE_DIM, FPS, POSE_DIM, SAMPLE_RATE, SAMPLES_PER_FRAME, SPLITS
 from a2p.errors import DataError
+from a2p.fileio import not_plain
 
 FORMAT_NAME = "a2p-shards"
 FORMAT_VERSION = 1
@@ -52,6 +53,7 @@ DEFAULT_MAX_SHARD_BYTES = 256 * 1024 * 1024
 """Shards are closed once they reach this size (well under 1 GB: many shards, not a few)."""
 
 SHARD_PATTERN = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
+"""A shard's file name; match it with `fullmatch` (`$` alone lets a trailing newline through)."""
 
 
 def shard_name(split: str, index: int) -> str:
@@ -189,10 +191,29 @@ class Manifest:
                 )
                 for name, info in data["splits"].items()
             }
+            for name, info in splits.items():
+                for shard in info.shards:
+                    check_shard_name(shard.name, name, source)
             rest = {k: v for k, v in data.items() if k != "splits"}
             return cls(splits=splits, **rest)
         except (KeyError, TypeError) as err:
             raise DataError(f"{source}: malformed manifest ({err})") from err
+
+
+def check_shard_name(name: str, split: str, source: str = MANIFEST_NAME) -> None:
+    """Refuse a manifest entry that is not the plain file name `{split}-{index:06d}.tar` of a shard of `split`.
+
+    Every reader (the loaders, `a2p data verify`, remote folders) joins the names to the manifest's
+    folder, so a path (`../x/train-000000.tar`, `/tmp/x.tar`) would be followed outside it.
+    """
+    reason = not_plain(name)
+    named = SHARD_PATTERN.fullmatch(name) if not reason else None
+    if named is None or named.group(1) != split:
+        why = reason or f"a shard of split {split!r} is named {split}-NNNNNN.tar"
+        raise DataError(
+            f"{source}: split {split!r} lists the shard {name!r}, which is not a shard file name in the "
+            f"manifest's folder ({why}); a manifest edited by hand or crafted? Rebuild it with `a2p data build`"
+        )
 
 
 def load_manifest(shard_dir: str | Path) -> Manifest:

@@ -1,8 +1,13 @@
 """The clips a job samples: audio files (named, in folders, or listed in .txt files) or the chunks
-of a shard set's split; each with its name, where it came from, and a seed derived from its name."""
+of a shard set's split; each with its name, where it came from, and a seed derived from its name.
+
+A clip's name names its outputs (`NAME.npz`, `.parts/NAME/`, `reference/NAME/`), so every clip's
+name must be a plain file name (`a2p.fileio.plain_name`): one from a crafted shard key or an odd
+audio path is refused, never followed outside the output folder."""
 
 from __future__ import annotations
 
+import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +21,7 @@ import torch
 from a2p.constants import AUDIO_CHANNELS, KEYFRAME_INTERVAL, SAMPLE_RATE, SAMPLES_PER_FRAME
 from a2p.data.chunks import EVAL_CHUNK_FRAMES, iter_split_chunks
 from a2p.errors import A2PError, DataError
+from a2p.fileio import plain_name
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -58,6 +64,9 @@ class Clip:
     source: str
     read: Callable[[], tuple[np.ndarray, list[str]]]
 
+    def __post_init__(self) -> None:
+        plain_name(self.name, f"{self.source}: clip name", DataError, "outputs are named by clip")
+
 
 def file_clips(inputs: list[str]) -> list[Clip]:
     """Audio files named directly, found in directories, or listed one per line in .txt files."""
@@ -84,6 +93,33 @@ def split_clips(shard_dir: str | Path, split: str = "test", chunk: int = EVAL_CH
     or after the end of the scene's last kept chunk. Names are `{scene}_{first frame:06d}`. The
     ground truth of the same chunks comes from the same `iter_split_chunks`.
     """
-    for key, _first, batch in iter_split_chunks(shard_dir, split, chunk, audio=True):
+    for name, _first, batch in iter_split_chunks(shard_dir, split, chunk, audio=True):
+        key = str(batch["key"][0])  # the sample's, which `name` is cut from
+        try:
+            plain_name(key, "sample key", DataError, KEY_ADVICE)
+        except DataError as err:
+            raise DataError(f"{_shard_holding(shard_dir, split, key)}: {err}") from None
         audio = batch["audio"][0].numpy()
-        yield Clip(f"{key}", f"{shard_dir}:{split}:{key}", lambda audio=audio: (audio, []))
+        yield Clip(name, f"{shard_dir}:{split}:{name}", lambda audio=audio: (audio, []))
+
+
+KEY_ADVICE = (
+    "clips are named by their sample's key, so its outputs would not stay inside the output folder: "
+    "a crafted or damaged shard? Rebuild the shards with `a2p data build`"
+)
+
+
+def _shard_holding(shard_dir: str | Path, split: str, key: str) -> str:
+    """The local shard of `split` that holds sample `key`, to name in an error; else the shard set and split."""
+    from a2p.data.format import load_manifest
+    from a2p.data.remote import is_remote
+
+    if not is_remote(shard_dir):
+        for path in load_manifest(shard_dir).shard_paths(shard_dir, split):
+            try:
+                with tarfile.open(path, mode="r:") as tar:
+                    if any(member.startswith(f"{key}.") for member in tar.getnames()):
+                        return str(path)
+            except (OSError, tarfile.TarError):
+                continue
+    return f"{shard_dir} (split {split!r})"
