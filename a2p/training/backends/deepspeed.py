@@ -207,6 +207,7 @@ def universal_checkpoint(checkpoint: str | Path) -> Path:
         except Exception as err:  # any failure of the converter is reported on every rank below
             logger.debug("universal conversion failed", exc_info=True)
             error = f"{type(err).__name__}: {err}"
+            root.mkdir(parents=True, exist_ok=True)
             failed.write_text(error)
     waited = 0.0
     while not (final.is_dir() or failed.is_file()):
