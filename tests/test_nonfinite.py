@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,12 +75,17 @@ def test_export_refuses_non_finite_weights(poisoned, tmp_path, capsys):
     assert name in capsys.readouterr().err and not (tmp_path / "body.safetensors").exists()
 
 
-def test_deepspeed_stops_at_the_first_non_finite_loss_naming_the_sample(poisoned, tmp_path, capsys):
-    zero2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
-    assert train(poisoned, tmp_path / "run", "--deepspeed", str(zero2)) == 2
-    err = capsys.readouterr().err
-    assert "the loss is not finite" in err and BAD in err
-    for checkpoint in sorted((tmp_path / "run" / "checkpoints").glob("step_*")):
+def test_deepspeed_stops_at_the_first_non_finite_loss_naming_the_sample(poisoned, tmp_path):
+    """In a process of its own: a one-process DeepSpeed run sets the launcher's variables for good."""
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "a2p.cli.train", "body", "--data", str(poisoned), "--run-dir", str(run),
+           "--preset", "debug", "--max-steps", "8", "--set", "train.batch_size=1", "--set", "train.precision=fp32",
+           "--set", "train.checkpoint.interval=1", "--deepspeed", str(repo / "ds_configs" / "zero2.json")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the loss is not finite" in done.stderr and BAD in done.stderr
+    for checkpoint in sorted((run / "checkpoints").glob("step_*")):
         assert all(
             torch.isfinite(t).all() for t in torch.load(checkpoint / "model.pt", weights_only=True).values()
         )

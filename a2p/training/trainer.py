@@ -119,7 +119,10 @@ class Trainer:
         except BaseException:
             # A failing rank must not wait for the others (they may sit in a collective it will
             # never join): it leaves at once, and the launcher (torchrun, srun) stops the rest.
+            # Alone, it leaves the process group it opened, so a later run in this process starts clean.
             backend.close()
+            if opened_group and distributed.rank_info().world_size == 1:
+                distributed.destroy_process_group()
             raise
         distributed.barrier()
         backend.close()
